@@ -5,7 +5,9 @@
 //! and `wal-format.md` for the on-disk format.
 
 pub mod lake;
+pub mod record;
 pub mod sync;
+pub mod wal;
 
 /// Generated protobuf messages of the sync protocol (`proto/`).
 pub mod proto {
@@ -15,5 +17,9 @@ pub mod proto {
     }
     pub mod sync {
         include!(concat!(env!("OUT_DIR"), "/clade.sync.rs"));
+    }
+    /// Control frames of the WAL (checkpoint, abort).
+    pub mod wal {
+        include!(concat!(env!("OUT_DIR"), "/flightlog.wal.rs"));
     }
 }

@@ -46,7 +46,13 @@ impl Squashed {
 
     /// True when no upsert needs a value from an existing row.
     pub fn is_self_contained(&self) -> bool {
-        self.value_set.iter().all(|set| set.true_count() == set.len())
-            && self.fill_from.columns().iter().all(|c| c.null_count() == c.len())
+        self.value_set
+            .iter()
+            .all(|set| set.true_count() == set.len())
+            && self
+                .fill_from
+                .columns()
+                .iter()
+                .all(|c| c.null_count() == c.len())
     }
 }
