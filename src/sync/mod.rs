@@ -3,3 +3,4 @@
 //! a table's pending changes into one final change per key.
 
 pub mod changes;
+pub mod layout;
