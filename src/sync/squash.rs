@@ -126,6 +126,31 @@ pub fn squash(messages: &[ChangeBatch<'_>]) -> Result<Squashed, SquashError> {
     build_output(&converter, key_fields, catalog, states)
 }
 
+/// Checks one message on its own, as `do_put` should before the WAL accepts
+/// it: the batch matches its layout and no key is partially null. A message
+/// that passes cannot make [`squash`] fail except by disagreeing with other
+/// messages of the same table (key columns or column types), which the
+/// caller prevents by checking layouts against the table's known schema.
+/// Errors report `message: 0`.
+pub fn check_change_batch(change: &ChangeBatch<'_>) -> Result<(), SquashError> {
+    check_batch_shape(0, change)?;
+    let layout = change.layout;
+    let names: Vec<&str> = layout.keys().iter().map(|key| key.name.as_str()).collect();
+    let old: Vec<ArrayRef> = layout
+        .keys()
+        .iter()
+        .map(|key| Arc::clone(change.batch.column(key.old_index)))
+        .collect();
+    let new: Vec<ArrayRef> = layout
+        .keys()
+        .iter()
+        .map(|key| Arc::clone(change.batch.column(key.new_index)))
+        .collect();
+    key_nullness(0, "OLD_PK", &old, &names)?;
+    key_nullness(0, "NEW_PK", &new, &names)?;
+    Ok(())
+}
+
 fn empty_squashed() -> Squashed {
     let empty = RecordBatch::new_empty(Arc::new(Schema::empty()));
     Squashed {

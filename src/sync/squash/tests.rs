@@ -721,6 +721,37 @@ fn partially_null_key_is_an_error_naming_message_and_row() {
 }
 
 #[test]
+fn check_change_batch_rejects_a_partially_null_old_key_before_the_wal() {
+    let good = TestMessage::plain().update([1, 1], [1, 1], [None; 3]);
+    let (layout, batch) = good.encode();
+    check_change_batch(&ChangeBatch {
+        layout: &layout,
+        batch: &batch,
+    })
+    .unwrap();
+    let mut columns = batch.columns().to_vec();
+    let old_k1 = batch.schema().index_of("old_0").unwrap();
+    columns[old_k1] = Arc::new(Int64Array::from(vec![None::<i64>]));
+    let batch = RecordBatch::try_new(batch.schema(), columns).unwrap();
+    let error = check_change_batch(&ChangeBatch {
+        layout: &layout,
+        batch: &batch,
+    })
+    .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            SquashError::PartiallyNullKey {
+                row: 0,
+                role: "OLD_PK",
+                ..
+            }
+        ),
+        "{error}"
+    );
+}
+
+#[test]
 fn value_type_conflict_across_messages_is_an_error() {
     let (layout_0, batch_0) = TestMessage::plain().encode();
     let descriptors = vec![
