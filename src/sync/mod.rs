@@ -4,3 +4,4 @@
 
 pub mod changes;
 pub mod layout;
+pub mod squash;
