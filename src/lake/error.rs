@@ -64,8 +64,9 @@ pub enum LakeError {
     Delta {
         operation: &'static str,
         table: String,
+        // Boxed: DeltaTableError is large and every Result here carries it.
         #[source]
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
 
     /// Reading or writing a Parquet data file failed.
@@ -118,7 +119,7 @@ impl LakeError {
         LakeError::Delta {
             operation,
             table: table.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 

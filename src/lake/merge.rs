@@ -299,7 +299,12 @@ pub(crate) fn build_upserts(
                 return Ok(new);
             }
             // Null in value_set means "keep the old value", like false.
-            let mask = prep_null_mask_filter(set);
+            // (prep_null_mask_filter requires a null buffer.)
+            let mask = if set.null_count() > 0 {
+                prep_null_mask_filter(set)
+            } else {
+                set.clone()
+            };
             zip(&mask, &new, &old()?).map_err(LakeError::arrow("zip new and old values"))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -373,6 +378,7 @@ pub(crate) fn check_squashed(squashed: &Squashed) -> Result<(), LakeError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};

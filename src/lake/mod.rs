@@ -27,4 +27,5 @@ pub use location::{table_location, TableLocation};
 pub use table::{load_state, read_table, TableState};
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests;

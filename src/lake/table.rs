@@ -51,10 +51,8 @@ impl TableState {
 
     /// The Delta version this state was loaded at.
     pub fn version(&self) -> u64 {
-        self.table
-            .version()
-            .and_then(|v| u64::try_from(v).ok())
-            .unwrap_or(0)
+        // A loaded table always has a version; 0 is the creation commit.
+        self.table.version().unwrap_or(0)
     }
 
     /// The highest Lsn of WAL `wal_id` committed to this table (the version of
