@@ -89,22 +89,33 @@ pub async fn apply(
     marker: &CommitMarker,
 ) -> Result<ApplyOutcome, LakeError> {
     check_squashed(squashed)?;
-    let txn_version =
-        i64::try_from(marker.lsn).map_err(|_| LakeError::LsnOutOfRange { lsn: marker.lsn })?;
     let store = log_store(location)?;
     let state = match load_with(store.clone(), location).await? {
         Some(state) => state,
         None => create(store, location, squashed).await?,
     };
+    apply_on(&state, location, squashed, marker).await
+}
+
+/// [`apply`] against an already loaded `state` (which may be stale: the
+/// commit then meets delta-rs's conflict checker).
+pub(crate) async fn apply_on(
+    state: &TableState,
+    location: &TableLocation,
+    squashed: &Squashed,
+    marker: &CommitMarker,
+) -> Result<ApplyOutcome, LakeError> {
+    let txn_version =
+        i64::try_from(marker.lsn).map_err(|_| LakeError::LsnOutOfRange { lsn: marker.lsn })?;
     if let Some(recorded_lsn) = state.applied_lsn(&marker.wal_id).await? {
         if recorded_lsn >= marker.lsn {
             return Ok(ApplyOutcome::AlreadyApplied { recorded_lsn });
         }
     }
-    check_supported(&state, location)?;
+    check_supported(state, location)?;
     let plan = plan_schema(Some(state.schema()), squashed)?;
-    let merged = merge(&state, &plan, squashed, location).await?;
-    commit(&state, location, &plan, merged, marker, txn_version).await
+    let merged = merge(state, &plan, squashed, location).await?;
+    commit(state, location, &plan, merged, marker, txn_version).await
 }
 
 /// Creates the table from the flush's columns (first commit, no data).

@@ -10,7 +10,7 @@ use arrow::compute::{
     cast, filter_record_batch, interleave, is_not_null, prep_null_mask_filter, take_record_batch,
 };
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
-use arrow::row::{OwnedRow, RowConverter, SortField};
+use arrow::row::{RowConverter, SortField};
 use deltalake::kernel::engine::arrow_conversion::{TryFromArrow, TryFromKernel};
 use deltalake::kernel::DataType as DeltaType;
 
@@ -132,9 +132,11 @@ pub(crate) struct KeyIndex {
     /// Table key fields (table types, by name).
     key_fields: Vec<FieldRef>,
     converter: RowConverter,
-    removed: HashSet<OwnedRow>,
+    /// Encoded rows (byte equality is key equality for one converter), so a
+    /// table row is looked up without allocating.
+    removed: HashSet<Box<[u8]>>,
     /// Pre-flush key -> upsert rows filling from it.
-    fill: HashMap<OwnedRow, Vec<usize>>,
+    fill: HashMap<Box<[u8]>, Vec<usize>>,
 }
 
 /// What one pre-flush batch contributes: the rows to keep, and the rows some
@@ -159,8 +161,8 @@ impl KeyIndex {
         let removed_rows = converter
             .convert_columns(&removed_columns)
             .map_err(LakeError::arrow("encode removed keys"))?;
-        let removed = removed_rows.iter().map(|row| row.owned()).collect();
-        let mut fill: HashMap<OwnedRow, Vec<usize>> = HashMap::new();
+        let removed = removed_rows.iter().map(|row| row.as_ref().into()).collect();
+        let mut fill: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
         if squashed.fill_from.num_rows() > 0 && squashed.fill_from.num_columns() > 0 {
             let fill_columns = key_columns(&squashed.fill_from, &key_fields)?;
             let fill_rows = converter
@@ -170,7 +172,7 @@ impl KeyIndex {
             let present = &fill_columns[0];
             for (upsert, row) in fill_rows.iter().enumerate() {
                 if present.is_valid(upsert) {
-                    fill.entry(row.owned()).or_default().push(upsert);
+                    fill.entry(row.as_ref().into()).or_default().push(upsert);
                 }
             }
         }
@@ -213,9 +215,9 @@ impl KeyIndex {
         let mut keep = Vec::with_capacity(batch.num_rows());
         let mut fill_hits = Vec::new();
         for (index, row) in rows.iter().enumerate() {
-            let owned = row.owned();
-            keep.push(!self.removed.contains(&owned));
-            if let Some(upserts) = self.fill.get(&owned) {
+            let encoded = row.as_ref();
+            keep.push(!self.removed.contains(encoded));
+            if let Some(upserts) = self.fill.get(encoded) {
                 fill_hits.extend(upserts.iter().map(|&upsert| (upsert, index)));
             }
         }

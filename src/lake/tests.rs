@@ -701,6 +701,71 @@ async fn hundred_thousand_row_flush_reads_back_exactly() {
 }
 
 #[tokio::test]
+async fn commit_on_stale_state_conflicts_and_is_retryable() {
+    let table = memory_table();
+    commit_ok(&table.location, &flush(&[], &[insert(1, "a", 1)]), 1).await;
+    let stale = load_state(&table.location).await.unwrap().unwrap();
+    // Another writer rewrites the file holding key 1 ...
+    commit_ok(&table.location, &flush(&[], &[insert(1, "b", 2)]), 2).await;
+    // ... so a merge planned on the stale state must not commit over it.
+    let other_wal = CommitMarker {
+        wal_id: "wal-other".to_owned(),
+        ..marker(3)
+    };
+    let changes = flush(&[], &[insert(1, "c", 3)]);
+    let error = super::apply::apply_on(&stale, &table.location, &changes, &other_wal)
+        .await
+        .unwrap_err();
+    assert!(error.is_retryable(), "{error}");
+    assert_eq!(rows(&table.location).await, vec![row(1, "b", 2)]);
+    // The caller's retry reloads and succeeds.
+    apply(&table.location, &changes, &other_wal).await.unwrap();
+    assert_eq!(rows(&table.location).await, vec![row(1, "c", 3)]);
+}
+
+#[tokio::test]
+async fn markers_and_rows_survive_a_checkpoint() {
+    // delta.checkpointInterval defaults to 100 commits: after it, the log is
+    // read from a checkpoint, which must still carry the txn marker.
+    let table = file_table();
+    for lsn in 1..=102 {
+        let id = (lsn % 5) as i64;
+        commit_ok(
+            &table.location,
+            &flush(&[], &[insert(id, "x", lsn as i64)]),
+            lsn,
+        )
+        .await;
+    }
+    let log_dir = table
+        .location
+        .url
+        .to_file_path()
+        .unwrap()
+        .join("_delta_log");
+    let checkpoints = std::fs::read_dir(log_dir)
+        .unwrap()
+        .filter(|entry| {
+            let name = entry.as_ref().unwrap().file_name();
+            name.to_string_lossy().contains(".checkpoint.")
+        })
+        .count();
+    assert!(checkpoints >= 1, "no checkpoint written");
+    let state = load_state(&table.location).await.unwrap().unwrap();
+    assert!(state.version() >= 102);
+    assert_eq!(state.applied_lsn("wal-test").await.unwrap(), Some(102));
+    let outcome = apply(
+        &table.location,
+        &flush(&[], &[insert(9, "z", 9)]),
+        &marker(50),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, ApplyOutcome::AlreadyApplied { recorded_lsn: 102 });
+    assert_eq!(rows(&table.location).await.len(), 5);
+}
+
+#[tokio::test]
 async fn type_conflict_is_a_permanent_error() {
     let table = memory_table();
     commit_ok(&table.location, &flush(&[], &[insert(1, "a", 1)]), 1).await;
