@@ -4,7 +4,13 @@
 //! them to Delta Lake tables exactly once. See `DESIGN.md` in the shared docs
 //! and `wal-format.md` for the on-disk format.
 
+pub mod config;
+pub mod error;
+pub mod flight;
+pub mod flush;
+pub mod index;
 pub mod lake;
+pub mod node;
 pub mod record;
 pub mod sync;
 pub mod wal;

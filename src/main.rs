@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use flightlog::config::{Config, ServeArgs};
+use flightlog::flight::SyncService;
+use flightlog::node::{Node, StartState};
 use flightlog::wal::dump::{dump, verify, DumpOptions};
 use flightlog::wal::format::FRAME_HEADER_LEN;
 
@@ -22,6 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the ingest node (Arrow Flight do_put on --listen).
+    Serve(ServeArgs),
     /// Inspect a write-ahead log directory (read-only, no lock taken).
     Wal {
         #[command(subcommand)]
@@ -59,8 +64,116 @@ enum WalCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => run_serve(args),
         Command::Wal { command } => run_wal(command),
     }
+}
+
+fn run_serve(args: ServeArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::resolve(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("flightlog serve: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("flightlog serve: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("flightlog serve: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let address = listener.local_addr()?;
+    let (node, state) = Node::open(config).await?;
+    let flusher = flightlog::flush::start(node.clone());
+    println!("{}", start_line(&node, address, &state));
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    let shutdown = {
+        let node = node.clone();
+        async move {
+            wait_for_signal().await;
+            tracing::info!("signal received: refusing new puts, finishing in-flight ones");
+            node.begin_shutdown();
+        }
+    };
+    tonic::transport::Server::builder()
+        .add_service(SyncService::new(node.clone()).into_server())
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await?;
+    flusher.stop().await;
+    node.wal().close();
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the node runs until killed.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn start_line(node: &Node, address: std::net::SocketAddr, state: &StartState) -> String {
+    let config = node.config();
+    let allow = if config.allow_store.is_empty() {
+        "any (no --allow-store given: clients may write to every store location)".to_string()
+    } else {
+        config.allow_store.join(",")
+    };
+    let lsns = match (state.first_lsn, state.last_lsn) {
+        (Some(first), Some(last)) => format!("{first}..{last}"),
+        _ => "none".to_string(),
+    };
+    format!(
+        "flightlog listening on {address} wal={} wal_id={} store={} allow_store={allow} recovered: segments={} frames={} lsn={lsns} pending_frames={} origins={} aborted_transactions={} torn_tail={}",
+        config.wal_dir().display(),
+        state.wal_id,
+        config.default_store,
+        state.segments,
+        state.frames,
+        state.pending_frames,
+        state.origins,
+        state.aborted_transactions,
+        state.torn_tail.as_deref().unwrap_or("none"),
+    )
 }
 
 fn run_wal(command: WalCommand) -> ExitCode {

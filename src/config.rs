@@ -1,0 +1,235 @@
+//! Every knob of `flightlog serve`, with units and defaults. Each can be set
+//! by flag, by `FLIGHTLOG_<NAME>` environment variable, or by the same key
+//! (snake_case) in the TOML file given with `--config`; flag and environment
+//! win over the file, the file over the default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::wal::segment::SegmentInit;
+use crate::wal::WalConfig;
+
+/// Flags of `flightlog serve` (all optional: unset means "file or default").
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the keys below.
+    #[arg(long, env = "FLIGHTLOG_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the Flight server [default: 127.0.0.1:47470].
+    #[arg(long, env = "FLIGHTLOG_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory: WAL in <data-dir>/wal, default Delta store in <data-dir>/lake [default: ./data].
+    #[arg(long, env = "FLIGHTLOG_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Default store URL for commands without `store` [default: file://<data-dir>/lake].
+    #[arg(long, env = "FLIGHTLOG_DEFAULT_STORE")]
+    pub default_store: Option<String>,
+    /// URL prefix a client-supplied store.location must start with; repeatable.
+    /// None configured: every location is allowed (as Seafowl does).
+    #[arg(
+        long = "allow-store",
+        env = "FLIGHTLOG_ALLOW_STORE",
+        value_delimiter = ','
+    )]
+    pub allow_store: Vec<String>,
+    /// Flush a table once its oldest pending change is this old [default: 1000].
+    #[arg(long, env = "FLIGHTLOG_MAX_LAG_MS")]
+    pub max_lag_ms: Option<u64>,
+    /// Flush a table once its pending bytes reach this [default: 128 MiB].
+    #[arg(long, env = "FLIGHTLOG_TABLE_FLUSH_BYTES")]
+    pub table_flush_bytes: Option<u64>,
+    /// Above this many pending WAL bytes, flush the largest tables first [default: 1 GiB].
+    #[arg(long, env = "FLIGHTLOG_PENDING_BYTES_LOW_WATERMARK")]
+    pub pending_bytes_low_watermark: Option<u64>,
+    /// Above this many pending WAL bytes, answer accepted = false [default: 4 GiB].
+    #[arg(long, env = "FLIGHTLOG_PENDING_BYTES_HIGH_WATERMARK")]
+    pub pending_bytes_high_watermark: Option<u64>,
+    /// Largest do_put message (IPC bytes of its batches) [default: 1 GiB].
+    #[arg(long, env = "FLIGHTLOG_MESSAGE_BYTES_MAX")]
+    pub message_bytes_max: Option<u64>,
+    /// A message is written as WAL frames of about this size [default: 16 MiB].
+    #[arg(long, env = "FLIGHTLOG_FRAME_BYTES_TARGET")]
+    pub frame_bytes_target: Option<u64>,
+    /// WAL segment size [default: 64 MiB].
+    #[arg(long, env = "FLIGHTLOG_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// How new WAL segments get their space [default: recycle].
+    #[arg(long, env = "FLIGHTLOG_SEGMENT_INIT", value_enum)]
+    pub segment_init: Option<SegmentInit>,
+}
+
+/// The same keys in the `--config` file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    default_store: Option<String>,
+    allow_store: Option<Vec<String>>,
+    max_lag_ms: Option<u64>,
+    table_flush_bytes: Option<u64>,
+    pending_bytes_low_watermark: Option<u64>,
+    pending_bytes_high_watermark: Option<u64>,
+    message_bytes_max: Option<u64>,
+    frame_bytes_target: Option<u64>,
+    segment_bytes: Option<u64>,
+    segment_init: Option<SegmentInit>,
+}
+
+/// The resolved configuration of a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Store root URL for commands without `store`.
+    pub default_store: String,
+    pub allow_store: Vec<String>,
+    pub max_lag_ms: u64,
+    pub table_flush_bytes: u64,
+    pub pending_bytes_low_watermark: u64,
+    pub pending_bytes_high_watermark: u64,
+    pub message_bytes_max: u64,
+    pub frame_bytes_target: u64,
+    pub wal: WalConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl Config {
+    /// Defaults for a data directory (used by tests and embedding).
+    pub fn for_data_dir(data_dir: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        Config::resolve(ServeArgs {
+            data_dir: Some(data_dir.as_ref().to_path_buf()),
+            ..ServeArgs::default()
+        })
+    }
+
+    /// Flags/env over file over defaults.
+    pub fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let default_store = match args.default_store.or(file.default_store) {
+            Some(url) => url,
+            None => {
+                let lake = absolute(&data_dir.join("lake"))?;
+                format!("file://{}", lake.display())
+            }
+        };
+        let allow_store = if args.allow_store.is_empty() {
+            file.allow_store.unwrap_or_default()
+        } else {
+            args.allow_store
+        };
+        let segment_bytes = args
+            .segment_bytes
+            .or(file.segment_bytes)
+            .unwrap_or(64 << 20);
+        let frame_bytes_target = args
+            .frame_bytes_target
+            .or(file.frame_bytes_target)
+            .unwrap_or(16 << 20);
+        let config = Config {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 47470))),
+            data_dir,
+            default_store,
+            allow_store,
+            max_lag_ms: args.max_lag_ms.or(file.max_lag_ms).unwrap_or(1000),
+            table_flush_bytes: args
+                .table_flush_bytes
+                .or(file.table_flush_bytes)
+                .unwrap_or(128 << 20),
+            pending_bytes_low_watermark: args
+                .pending_bytes_low_watermark
+                .or(file.pending_bytes_low_watermark)
+                .unwrap_or(1 << 30),
+            pending_bytes_high_watermark: args
+                .pending_bytes_high_watermark
+                .or(file.pending_bytes_high_watermark)
+                .unwrap_or(4 << 30),
+            message_bytes_max: args
+                .message_bytes_max
+                .or(file.message_bytes_max)
+                .unwrap_or(1 << 30),
+            frame_bytes_target,
+            wal: WalConfig {
+                segment_bytes_target: segment_bytes,
+                // A frame holds at most one chunk of a message plus its command.
+                frame_bytes_max: frame_bytes_target.saturating_mul(2).max(1 << 20),
+                segment_init: args
+                    .segment_init
+                    .or(file.segment_init)
+                    .unwrap_or(SegmentInit::Recycle),
+                ..WalConfig::default()
+            },
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                problem: problem.to_string(),
+            })
+        };
+        if self.pending_bytes_low_watermark > self.pending_bytes_high_watermark {
+            return invalid(
+                "pending_bytes_low_watermark",
+                "must not exceed pending_bytes_high_watermark",
+            );
+        }
+        if self.frame_bytes_target == 0 {
+            return invalid("frame_bytes_target", "must be positive");
+        }
+        if self.wal.segment_bytes_target < 4096 {
+            return invalid("segment_bytes", "must be at least 4096");
+        }
+        Ok(())
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join("wal")
+    }
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(path).map_err(|error| ConfigError::Invalid {
+        key: "data_dir",
+        problem: error.to_string(),
+    })
+}

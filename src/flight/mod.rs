@@ -1,0 +1,196 @@
+//! The Arrow Flight adapter: the only tonic / arrow-flight code. Decodes a
+//! `do_put` (descriptor → `Any` → `DataSyncCommand`, then the Arrow stream),
+//! hands it to the node, and encodes the `DataSyncResponse` as the
+//! `PutResult`'s `app_metadata`. Every other Flight method is `Unimplemented`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_descriptor::DescriptorType;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use futures::{Stream, StreamExt};
+use prost::Message;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::NodeError;
+use crate::node::{Node, PutItem};
+use crate::proto::sync::DataSyncCommand;
+
+/// `google.protobuf.Any`, as Seafowl clients wrap the command.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Any {
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+}
+
+/// The `type_url`s accepted for a `DataSyncCommand`.
+pub const COMMAND_TYPE_URLS: [&str; 2] = [
+    "DataSyncCommand",
+    "type.googleapis.com/clade.sync.DataSyncCommand",
+];
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The Flight service over a node.
+#[derive(Clone)]
+pub struct SyncService {
+    node: Arc<Node>,
+}
+
+impl SyncService {
+    pub fn new(node: Arc<Node>) -> SyncService {
+        SyncService { node }
+    }
+
+    /// The tonic service, with message size limits from the node's config.
+    pub fn into_server(self) -> FlightServiceServer<SyncService> {
+        let limit = usize::try_from(self.node.config().message_bytes_max.min(1 << 31))
+            .unwrap_or(usize::MAX);
+        FlightServiceServer::new(self).max_decoding_message_size(limit)
+    }
+}
+
+/// Decodes the command from the first message's descriptor.
+pub fn decode_command(descriptor: Option<&FlightDescriptor>) -> Result<DataSyncCommand, NodeError> {
+    let invalid =
+        |field: &'static str, problem: String| NodeError::InvalidCommand { field, problem };
+    let descriptor = descriptor.ok_or_else(|| {
+        invalid(
+            "flight_descriptor",
+            "missing on the first FlightData".into(),
+        )
+    })?;
+    if descriptor.r#type != DescriptorType::Cmd as i32 {
+        return Err(invalid(
+            "flight_descriptor.type",
+            format!(
+                "must be CMD ({}), got {}",
+                DescriptorType::Cmd as i32,
+                descriptor.r#type
+            ),
+        ));
+    }
+    let any = Any::decode(descriptor.cmd.as_ref())
+        .map_err(|e| invalid("flight_descriptor.cmd", format!("not a protobuf Any: {e}")))?;
+    if !COMMAND_TYPE_URLS.contains(&any.type_url.as_str()) {
+        return Err(invalid(
+            "flight_descriptor.cmd.type_url",
+            format!("{:?} is not one of {:?}", any.type_url, COMMAND_TYPE_URLS),
+        ));
+    }
+    DataSyncCommand::decode(any.value.as_slice()).map_err(|e| {
+        invalid(
+            "flight_descriptor.cmd.value",
+            format!("not a valid DataSyncCommand: {e}"),
+        )
+    })
+}
+
+fn unimplemented<T>(method: &str) -> Result<T, Status> {
+    Err(Status::unimplemented(format!(
+        "{method} is not supported: flightlog only ingests through do_put"
+    )))
+}
+
+#[tonic::async_trait]
+impl FlightService for SyncService {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoExchangeStream = BoxStream<FlightData>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream.message().await?.ok_or_else(|| {
+            Status::invalid_argument(
+                "do_put: empty stream, the first FlightData must carry the command",
+            )
+        })?;
+        let command = decode_command(first.flight_descriptor.as_ref())?;
+        let flight_data = futures::stream::once(async move { Ok(first) })
+            .chain(stream.map(|item| item.map_err(FlightError::from)));
+        let items = FlightDataDecoder::new(flight_data).filter_map(|decoded| async move {
+            match decoded {
+                Ok(data) => match data.payload {
+                    DecodedPayload::Schema(schema) => Some(Ok(PutItem::Schema(schema))),
+                    DecodedPayload::RecordBatch(batch) => Some(Ok(PutItem::Batch(batch))),
+                    DecodedPayload::None => None,
+                },
+                Err(error) => Some(Err(NodeError::Arrow(error.to_string()))),
+            }
+        });
+        let response = self.node.put(command, Box::pin(items)).await?;
+        let result = PutResult {
+            app_metadata: response.encode_to_vec().into(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::once(async move {
+            Ok(result)
+        }))))
+    }
+
+    async fn handshake(
+        &self,
+        _: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        unimplemented("handshake")
+    }
+    async fn list_flights(
+        &self,
+        _: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        unimplemented("list_flights")
+    }
+    async fn get_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        unimplemented("get_flight_info")
+    }
+    async fn poll_flight_info(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        unimplemented("poll_flight_info")
+    }
+    async fn get_schema(
+        &self,
+        _: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        unimplemented("get_schema")
+    }
+    async fn do_get(&self, _: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        unimplemented("do_get")
+    }
+    async fn do_exchange(
+        &self,
+        _: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        unimplemented("do_exchange")
+    }
+    async fn do_action(
+        &self,
+        _: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        unimplemented("do_action")
+    }
+    async fn list_actions(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        unimplemented("list_actions")
+    }
+}

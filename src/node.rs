@@ -1,0 +1,772 @@
+//! The node: protocol semantics of `do_put` between the Flight adapter and
+//! the WAL. Validates a command before anything is written, keeps per-origin
+//! transactions and sequence numbers, answers replays and probes without
+//! writing, applies back-pressure, appends messages as WAL frames and answers
+//! only after their fsync, and rebuilds all of it from the WAL at start.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use futures::{Stream, StreamExt};
+use prost::Message;
+
+use crate::config::Config;
+use crate::error::NodeError;
+use crate::index::{Index, PendingFrame, TableTarget};
+use crate::proto::schema::TableFormat;
+use crate::proto::sync::{DataSyncCommand, DataSyncResponse};
+use crate::proto::wal::{Abort, Checkpoint};
+use crate::record::{decode_record_header, encode_record};
+use crate::sync::layout::SyncLayout;
+use crate::sync::squash::{check_change_batch, ChangeBatch};
+use crate::wal::format::FrameKind;
+use crate::wal::{Appended, Lsn, Recovery, Wal};
+
+/// One item of a put's Arrow stream, as the Flight adapter decodes it.
+#[derive(Debug)]
+pub enum PutItem {
+    Schema(SchemaRef),
+    Batch(RecordBatch),
+}
+
+/// The frames of an origin's open transaction.
+#[derive(Debug, Default)]
+struct OpenTransaction {
+    frames: Vec<(TableTarget, PendingFrame)>,
+    bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct OriginState {
+    /// Highest sequence whose transaction is in the WAL and fsynced.
+    memory_seq: Option<u64>,
+    /// Highest sequence such that it and every earlier transaction are
+    /// committed to the table store.
+    durable_seq: Option<u64>,
+    open: Option<OpenTransaction>,
+    /// Whether this origin got its `first = true` answer since start.
+    answered: bool,
+}
+
+/// What recovery found, for the start line.
+#[derive(Debug, Clone)]
+pub struct StartState {
+    pub wal_id: String,
+    pub segments: usize,
+    pub frames: usize,
+    pub pending_frames: usize,
+    pub first_lsn: Option<u64>,
+    pub last_lsn: Option<u64>,
+    pub origins: usize,
+    pub aborted_transactions: usize,
+    pub torn_tail: Option<String>,
+}
+
+/// The ingest node. Shared by every request (wrap in an `Arc`).
+pub struct Node {
+    config: Config,
+    wal: Wal,
+    /// The per-origin ordering lock: messages of one origin are handled one
+    /// at a time (the protocol orders them); different origins run in parallel.
+    origins: Mutex<HashMap<String, Arc<tokio::sync::Mutex<OriginState>>>>,
+    index: Mutex<Index>,
+    /// Column types per table as accepted so far (checked at put time).
+    schemas: Mutex<HashMap<String, HashMap<String, arrow::datatypes::DataType>>>,
+    /// Per table, Lsns that a flush must stay below: frames of open
+    /// transactions and, while a put is writing, a lower bound of the Lsns it
+    /// may get (durable Lsn + 1 when it started). Counted, as a multiset.
+    holds: Mutex<HashMap<String, BTreeMap<Lsn, usize>>>,
+    shutting_down: AtomicBool,
+}
+
+/// Releases a hold when dropped (every exit path of a put).
+struct Hold<'a> {
+    node: &'a Node,
+    table: String,
+    lsn: Lsn,
+}
+
+impl Hold<'_> {
+    /// Keeps the hold past this guard (released explicitly later).
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.node.release(&self.table, self.lsn);
+    }
+}
+
+impl Node {
+    /// Opens the WAL under the data directory, recovers the index and every
+    /// origin's sequence numbers, and aborts transactions left open by the
+    /// previous run (durably, before serving).
+    pub async fn open(config: Config) -> Result<(Arc<Node>, StartState), NodeError> {
+        let (wal, recovery) = Wal::open_dir(config.wal_dir(), config.wal.clone())?;
+        let node = Arc::new(Node {
+            config,
+            wal,
+            origins: Mutex::new(HashMap::new()),
+            index: Mutex::new(Index::default()),
+            schemas: Mutex::new(HashMap::new()),
+            holds: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+        });
+        let state = node.recover(recovery).await?;
+        Ok((node, state))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    async fn recover(&self, recovery: Recovery) -> Result<StartState, NodeError> {
+        let mut origins: HashMap<String, OriginState> = HashMap::new();
+        let mut index = Index::default();
+        let mut applied: HashMap<String, Lsn> = HashMap::new();
+        for frame in &recovery.frames {
+            let view = self.wal.read(frame.pointer)?;
+            match frame.header.kind {
+                FrameKind::Data => {
+                    let (command, rows) = decode_record_header(view.payload()).map_err(|e| {
+                        NodeError::Wal(crate::wal::WalError::Corrupted {
+                            segment: frame.pointer.segment,
+                            offset: frame.pointer.offset,
+                            reason: e.to_string(),
+                        })
+                    })?;
+                    let target = self.resolve_target(&command, false)?;
+                    let origin = origins.entry(command.origin.clone()).or_default();
+                    let open = origin.open.get_or_insert_with(OpenTransaction::default);
+                    open.bytes += u64::from(frame.pointer.len);
+                    if rows > 0 {
+                        open.frames.push((
+                            target,
+                            PendingFrame {
+                                lsn: frame.header.lsn,
+                                pointer: frame.pointer,
+                                origin: command.origin.clone(),
+                                rows,
+                                bytes: u64::from(frame.pointer.len),
+                                accepted_at: Instant::now(),
+                            },
+                        ));
+                    }
+                    if let Some(sequence) = command.sequence_number {
+                        let open = origin.open.take().unwrap_or_default();
+                        origin.memory_seq = Some(sequence);
+                        index.add_transaction(&command.origin, sequence, open.frames);
+                    }
+                }
+                FrameKind::Abort => {
+                    let abort = Abort::decode(view.payload()).map_err(|e| corrupted(frame, e))?;
+                    if let Some(origin) = origins.get_mut(&abort.origin) {
+                        discard_range(origin, Lsn(abort.first_lsn), Lsn(abort.last_lsn));
+                    }
+                }
+                FrameKind::Checkpoint => {
+                    let checkpoint =
+                        Checkpoint::decode(view.payload()).map_err(|e| corrupted(frame, e))?;
+                    for table in checkpoint.tables {
+                        let lsn = applied.entry(table.table).or_default();
+                        *lsn = (*lsn).max(Lsn(table.applied_lsn));
+                    }
+                    for saved in checkpoint.origins {
+                        let origin = origins.entry(saved.origin).or_default();
+                        origin.memory_seq = origin.memory_seq.max(saved.memory_sequence_number);
+                        origin.durable_seq = origin.durable_seq.max(saved.durable_sequence_number);
+                    }
+                }
+            }
+        }
+        for (table, lsn) in &applied {
+            let durable = index.mark_applied(table, *lsn);
+            for (name, sequence) in durable {
+                let origin = origins.entry(name).or_default();
+                origin.durable_seq = origin.durable_seq.max(Some(sequence));
+            }
+        }
+        let mut aborted = 0;
+        for (name, origin) in origins.iter_mut() {
+            if let Some(open) = origin.open.take() {
+                let (Some(first), Some(last)) = (open.frames.first(), open.frames.last()) else {
+                    continue;
+                };
+                let abort = Abort {
+                    origin: name.clone(),
+                    first_lsn: first.1.lsn.0,
+                    last_lsn: last.1.lsn.0,
+                };
+                self.wal
+                    .append(FrameKind::Abort, abort.encode_to_vec())
+                    .await?;
+                aborted += 1;
+            }
+        }
+        let state = StartState {
+            wal_id: recovery.wal_id.to_string(),
+            segments: recovery.segments.len().max(1),
+            frames: recovery.frames.len(),
+            pending_frames: index.pending_frames(),
+            first_lsn: recovery.frames.first().map(|f| f.header.lsn.0),
+            last_lsn: recovery.frames.last().map(|f| f.header.lsn.0),
+            origins: origins.len(),
+            aborted_transactions: aborted,
+            torn_tail: recovery
+                .torn_tail
+                .as_ref()
+                .map(|t| format!("segment {} offset {}", t.segment.0, t.offset)),
+        };
+        *self.lock_index() = index;
+        let mut map = self.lock_origins();
+        for (name, origin) in origins {
+            map.insert(name, Arc::new(tokio::sync::Mutex::new(origin)));
+        }
+        Ok(state)
+    }
+
+    /// Stops accepting puts; in-flight puts finish.
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Handles one `do_put`: see the module doc and PROTOCOL.md.
+    pub async fn put<S>(
+        &self,
+        command: DataSyncCommand,
+        mut items: S,
+    ) -> Result<DataSyncResponse, NodeError>
+    where
+        S: Stream<Item = Result<PutItem, NodeError>> + Unpin,
+    {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(NodeError::ShuttingDown);
+        }
+        let target = self.resolve_target(&command, true)?;
+        // The schema message comes first; a stream without one has no rows.
+        let mut first_batch = None;
+        let layout = match items.next().await {
+            None => None,
+            Some(item) => match item? {
+                PutItem::Schema(schema) => Some(self.check_layout(&command, &target, &schema)?),
+                PutItem::Batch(batch) => {
+                    let layout = self.check_layout(&command, &target, &batch.schema())?;
+                    first_batch = Some(batch);
+                    Some(layout)
+                }
+            },
+        };
+        let origin_lock = self.origin(&command.origin);
+        let mut origin = origin_lock.lock().await;
+        if let Some(sequence) = command.sequence_number {
+            if origin.memory_seq.is_some_and(|memory| sequence <= memory) {
+                // An idempotent resend: whatever part of this transaction was
+                // streamed again since is discarded, nothing is written.
+                self.abort_open(&command.origin, &mut origin).await?;
+                return Ok(self.answer(&mut origin, true));
+            }
+        }
+        let pending = self.lock_index().pending_bytes() + self.open_bytes_estimate(&origin);
+        if pending >= self.config.pending_bytes_high_watermark {
+            return Ok(self.answer(&mut origin, false));
+        }
+        let _reservation = self.hold(&target.key, Lsn(self.wal.durable_lsn().borrow().0 + 1));
+        let open_bytes = origin.open.as_ref().map_or(0, |o| o.bytes);
+        let mut writer = MessageWriter::new(self, &command, &target, layout.as_ref(), open_bytes);
+        if let Some(batch) = first_batch {
+            if let Err(error) = writer.push(batch).await {
+                writer.abandon().await?;
+                return Err(error);
+            }
+        }
+        while let Some(item) = items.next().await {
+            let result = match item {
+                Ok(PutItem::Batch(batch)) => writer.push(batch).await,
+                Ok(PutItem::Schema(_)) => Err(NodeError::Arrow(
+                    "a second schema message in one stream".into(),
+                )),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = result {
+                writer.abandon().await?;
+                return Err(error);
+            }
+        }
+        match (writer.rows, command.sequence_number) {
+            (0, None) if writer.frames.is_empty() => return Ok(self.answer(&mut origin, true)),
+            (0, Some(_)) if origin.open.is_none() && writer.frames.is_empty() => {
+                return Err(NodeError::NothingToClose {
+                    origin: command.origin.clone(),
+                });
+            }
+            _ => {}
+        }
+        let frames = writer.finish().await?;
+        let open = origin.open.get_or_insert_with(OpenTransaction::default);
+        for (target, frame) in frames {
+            open.bytes += frame.bytes;
+            if frame.rows > 0 {
+                self.hold(&target.key, frame.lsn).keep();
+                open.frames.push((target, frame));
+            }
+        }
+        if let Some(sequence) = command.sequence_number {
+            let open = origin.open.take().unwrap_or_default();
+            origin.memory_seq = Some(sequence);
+            let held: Vec<(String, Lsn)> = open
+                .frames
+                .iter()
+                .map(|(t, f)| (t.key.clone(), f.lsn))
+                .collect();
+            // Index first, then release: a flush never sees these frames
+            // neither held nor pending.
+            self.lock_index()
+                .add_transaction(&command.origin, sequence, open.frames);
+            for (table, lsn) in held {
+                self.release(&table, lsn);
+            }
+        }
+        Ok(self.answer(&mut origin, true))
+    }
+
+    fn answer(&self, origin: &mut OriginState, accepted: bool) -> DataSyncResponse {
+        let first = !origin.answered;
+        origin.answered = true;
+        DataSyncResponse {
+            accepted,
+            memory_sequence_number: origin.memory_seq,
+            durable_sequence_number: origin.durable_seq,
+            first,
+        }
+    }
+
+    fn open_bytes_estimate(&self, origin: &OriginState) -> u64 {
+        origin.open.as_ref().map_or(0, |o| o.bytes)
+    }
+
+    /// Writes an abort marker for the origin's open transaction, if any.
+    async fn abort_open(&self, name: &str, origin: &mut OriginState) -> Result<(), NodeError> {
+        let Some(open) = origin.open.take() else {
+            return Ok(());
+        };
+        for (target, frame) in &open.frames {
+            self.release(&target.key, frame.lsn);
+        }
+        if let (Some(first), Some(last)) = (open.frames.first(), open.frames.last()) {
+            let abort = Abort {
+                origin: name.to_string(),
+                first_lsn: first.1.lsn.0,
+                last_lsn: last.1.lsn.0,
+            };
+            self.wal
+                .append(FrameKind::Abort, abort.encode_to_vec())
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn hold(&self, table: &str, lsn: Lsn) -> Hold<'_> {
+        let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        *holds
+            .entry(table.to_string())
+            .or_default()
+            .entry(lsn)
+            .or_default() += 1;
+        Hold {
+            node: self,
+            table: table.to_string(),
+            lsn,
+        }
+    }
+
+    fn release(&self, table: &str, lsn: Lsn) {
+        let mut holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lsns) = holds.get_mut(table) {
+            if let Some(count) = lsns.get_mut(&lsn) {
+                *count -= 1;
+                if *count == 0 {
+                    lsns.remove(&lsn);
+                }
+            }
+            if lsns.is_empty() {
+                holds.remove(table);
+            }
+        }
+    }
+
+    /// A flush of `table` must stay below this Lsn (open transactions' frames
+    /// and puts in flight on the table).
+    pub fn open_floor(&self, table: &str) -> Option<Lsn> {
+        let holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        holds
+            .get(table)
+            .and_then(|lsns| lsns.keys().next().copied())
+    }
+
+    /// The lowest held Lsn over all tables (WAL truncation stays below it).
+    pub fn oldest_open_lsn(&self) -> Option<Lsn> {
+        let holds = self.holds.lock().unwrap_or_else(|e| e.into_inner());
+        holds
+            .values()
+            .filter_map(|lsns| lsns.keys().next().copied())
+            .min()
+    }
+
+    fn origin(&self, name: &str) -> Arc<tokio::sync::Mutex<OriginState>> {
+        self.lock_origins()
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Current numbers of an origin without answering (tests, metrics).
+    pub async fn origin_numbers(&self, name: &str) -> (Option<u64>, Option<u64>) {
+        let origin = self.origin(name);
+        let state = origin.lock().await;
+        (state.memory_seq, state.durable_seq)
+    }
+
+    /// Validates the command's own fields and resolves its table.
+    fn resolve_target(
+        &self,
+        command: &DataSyncCommand,
+        check_allowed: bool,
+    ) -> Result<TableTarget, NodeError> {
+        match TableFormat::try_from(command.format) {
+            Ok(TableFormat::Delta) => {}
+            Ok(TableFormat::Iceberg) => {
+                return Err(NodeError::UnsupportedFormat {
+                    format: "ICEBERG".into(),
+                })
+            }
+            Err(_) => {
+                return Err(NodeError::InvalidCommand {
+                    field: "format",
+                    problem: format!("{} is not a known TableFormat", command.format),
+                })
+            }
+        }
+        if command.origin.is_empty() {
+            return Err(NodeError::InvalidCommand {
+                field: "origin",
+                problem: "must not be empty".into(),
+            });
+        }
+        check_table_path(&command.path)?;
+        let (store_root, options) = match &command.store {
+            Some(store) if !store.location.is_empty() => {
+                if check_allowed
+                    && !self.config.allow_store.is_empty()
+                    && !self
+                        .config
+                        .allow_store
+                        .iter()
+                        .any(|p| store.location.starts_with(p.as_str()))
+                {
+                    return Err(NodeError::StoreNotAllowed {
+                        location: store.location.clone(),
+                        allowed: self.config.allow_store.join(", "),
+                    });
+                }
+                (store.location.clone(), store.options.clone())
+            }
+            _ => (self.config.default_store.clone(), HashMap::new()),
+        };
+        let key = format!(
+            "{}/{}",
+            store_root.trim_end_matches('/'),
+            command.path.trim_matches('/')
+        );
+        Ok(TableTarget {
+            key,
+            store_root,
+            path: command.path.clone(),
+            options,
+        })
+    }
+
+    /// Validates the column roles against the schema and the table's known
+    /// column types, and records the message's types as known.
+    fn check_layout(
+        &self,
+        command: &DataSyncCommand,
+        target: &TableTarget,
+        schema: &SchemaRef,
+    ) -> Result<SyncLayout, NodeError> {
+        let layout = SyncLayout::from_descriptors(&command.column_descriptors, schema)?;
+        let mut schemas = self.schemas.lock().unwrap_or_else(|e| e.into_inner());
+        let known = schemas.entry(target.key.clone()).or_default();
+        for field in layout.table_fields() {
+            if let Some(existing) = known.get(field.name()) {
+                if existing != field.data_type() {
+                    return Err(NodeError::InvalidCommand {
+                        field: "column_descriptors",
+                        problem: format!(
+                            "column {:?} has type {} but table {} already has it as {}",
+                            field.name(),
+                            field.data_type(),
+                            command.path,
+                            existing
+                        ),
+                    });
+                }
+            }
+        }
+        for field in layout.table_fields() {
+            known.insert(field.name().clone(), field.data_type().clone());
+        }
+        Ok(layout)
+    }
+
+    /// Seeds the known column types of a table (from the table store).
+    pub fn learn_table_schema(&self, key: &str, schema: &arrow::datatypes::Schema) {
+        let mut schemas = self.schemas.lock().unwrap_or_else(|e| e.into_inner());
+        let known = schemas.entry(key.to_string()).or_default();
+        for field in schema.fields() {
+            known
+                .entry(field.name().clone())
+                .or_insert_with(|| field.data_type().clone());
+        }
+    }
+
+    pub fn lock_index(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_origins(
+        &self,
+    ) -> MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<OriginState>>>> {
+        self.origins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that origins' transactions became durable (flush).
+    pub async fn set_durable(&self, durable: Vec<(String, u64)>) {
+        for (name, sequence) in durable {
+            let origin = self.origin(&name);
+            let mut state = origin.lock().await;
+            state.durable_seq = state.durable_seq.max(Some(sequence));
+        }
+    }
+
+    /// Every origin's numbers, for checkpoint frames.
+    pub async fn origin_snapshot(&self) -> Vec<(String, Option<u64>, Option<u64>)> {
+        let origins: Vec<(String, Arc<tokio::sync::Mutex<OriginState>>)> = self
+            .lock_origins()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut out = Vec::with_capacity(origins.len());
+        for (name, origin) in origins {
+            let state = origin.lock().await;
+            out.push((name, state.memory_seq, state.durable_seq));
+        }
+        out
+    }
+}
+
+fn corrupted(frame: &crate::wal::recovery::RecoveredFrame, error: prost::DecodeError) -> NodeError {
+    NodeError::Wal(crate::wal::WalError::Corrupted {
+        segment: frame.pointer.segment,
+        offset: frame.pointer.offset,
+        reason: error.to_string(),
+    })
+}
+
+fn discard_range(origin: &mut OriginState, first: Lsn, last: Lsn) {
+    if let Some(open) = &mut origin.open {
+        open.frames.retain(|(_, f)| f.lsn < first || f.lsn > last);
+        if open.frames.is_empty() {
+            origin.open = None;
+        }
+    }
+}
+
+/// A table path is relative, non-empty, with no `..`, `.`, empty or
+/// backslash components.
+pub fn check_table_path(path: &str) -> Result<(), NodeError> {
+    let invalid = |problem: &str| {
+        Err(NodeError::InvalidCommand {
+            field: "path",
+            problem: format!("{path:?} {problem}"),
+        })
+    };
+    if path.is_empty() {
+        return invalid("is empty");
+    }
+    if path.starts_with('/') || path.contains(':') {
+        return invalid("must be relative to the store root");
+    }
+    if path.contains('\\') {
+        return invalid("must not contain backslashes");
+    }
+    for component in path.split('/') {
+        match component {
+            ".." => return invalid("must not contain '..'"),
+            "." | "" => return invalid("must not contain empty or '.' components"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Writes one message as WAL frames of about `frame_bytes_target` each.
+/// Frames before the last are submitted as the message streams in; the last
+/// carries the sequence number. Only the last one is awaited: the WAL makes
+/// frames durable in order.
+struct MessageWriter<'a> {
+    node: &'a Node,
+    command: &'a DataSyncCommand,
+    target: &'a TableTarget,
+    layout: Option<&'a SyncLayout>,
+    chunk: Vec<RecordBatch>,
+    chunk_bytes: u64,
+    schema: Option<SchemaRef>,
+    frames: Vec<Appended>,
+    frame_rows: Vec<u64>,
+    /// Message bytes so far (Arrow memory of its batches).
+    bytes: u64,
+    /// Bytes of the origin's open transaction before this message.
+    open_bytes: u64,
+    rows: u64,
+    batches: usize,
+}
+
+impl<'a> MessageWriter<'a> {
+    fn new(
+        node: &'a Node,
+        command: &'a DataSyncCommand,
+        target: &'a TableTarget,
+        layout: Option<&'a SyncLayout>,
+        open_bytes: u64,
+    ) -> Self {
+        MessageWriter {
+            node,
+            command,
+            target,
+            layout,
+            chunk: Vec::new(),
+            chunk_bytes: 0,
+            schema: None,
+            frames: Vec::new(),
+            frame_rows: Vec::new(),
+            bytes: 0,
+            open_bytes,
+            rows: 0,
+            batches: 0,
+        }
+    }
+
+    async fn push(&mut self, batch: RecordBatch) -> Result<(), NodeError> {
+        let index = self.batches;
+        self.batches += 1;
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        if let Some(layout) = self.layout {
+            check_change_batch(&ChangeBatch {
+                layout,
+                batch: &batch,
+            })
+            .map_err(|error| NodeError::Batch {
+                batch: index,
+                problem: error.to_string(),
+            })?;
+        }
+        let size = batch.get_array_memory_size() as u64;
+        self.bytes += size;
+        if self.bytes > self.node.config.message_bytes_max {
+            return Err(NodeError::MessageTooLarge {
+                limit: self.node.config.message_bytes_max,
+            });
+        }
+        let limit = self.node.config.pending_bytes_high_watermark;
+        if self.open_bytes + self.bytes > limit {
+            return Err(NodeError::TransactionTooLarge {
+                origin: self.command.origin.clone(),
+                bytes: self.open_bytes + self.bytes,
+                limit,
+            });
+        }
+        self.rows += batch.num_rows() as u64;
+        self.schema.get_or_insert_with(|| batch.schema());
+        self.chunk_bytes += size;
+        self.chunk.push(batch);
+        if self.chunk_bytes >= self.node.config.frame_bytes_target {
+            self.write_chunk(None).await?;
+        }
+        Ok(())
+    }
+
+    async fn write_chunk(&mut self, sequence: Option<u64>) -> Result<(), NodeError> {
+        let command = DataSyncCommand {
+            sequence_number: sequence,
+            ..self.command.clone()
+        };
+        let schema = match &self.schema {
+            Some(schema) => schema.clone(),
+            None => Arc::new(arrow::datatypes::Schema::empty()),
+        };
+        let chunk = std::mem::take(&mut self.chunk);
+        let rows = chunk.iter().map(|b| b.num_rows() as u64).sum();
+        self.chunk_bytes = 0;
+        let payload = encode_record(&command, &schema, &chunk)
+            .map_err(|e| NodeError::Arrow(e.to_string()))?;
+        let appended = self.node.wal.append(FrameKind::Data, payload).await?;
+        self.frames.push(appended);
+        self.frame_rows.push(rows);
+        Ok(())
+    }
+
+    /// Writes the last frame and waits for durability of all of them.
+    async fn finish(mut self) -> Result<Vec<(TableTarget, PendingFrame)>, NodeError> {
+        if !self.chunk.is_empty() || self.command.sequence_number.is_some() {
+            self.write_chunk(self.command.sequence_number).await?;
+        }
+        let now = Instant::now();
+        Ok(self
+            .frames
+            .iter()
+            .zip(&self.frame_rows)
+            .map(|(appended, rows)| {
+                (
+                    self.target.clone(),
+                    PendingFrame {
+                        lsn: appended.lsn,
+                        pointer: appended.pointer,
+                        origin: self.command.origin.clone(),
+                        rows: *rows,
+                        bytes: u64::from(appended.pointer.len),
+                        accepted_at: now,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// The message failed midway: mark the frames already written as
+    /// aborted, so they are never applied.
+    async fn abandon(self) -> Result<(), NodeError> {
+        if let (Some(first), Some(last)) = (self.frames.first(), self.frames.last()) {
+            let abort = Abort {
+                origin: self.command.origin.clone(),
+                first_lsn: first.lsn.0,
+                last_lsn: last.lsn.0,
+            };
+            self.node
+                .wal
+                .append(FrameKind::Abort, abort.encode_to_vec())
+                .await?;
+        }
+        Ok(())
+    }
+}
