@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod flight;
 pub mod flush;
 pub mod index;

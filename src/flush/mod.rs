@@ -252,6 +252,7 @@ pub async fn flush_table(node: &Node, key: &str) -> Result<bool, FlushError> {
             "flushed"
         );
     }
+    crate::failpoint::hit("flush-after-commit");
     let durable = node.lock_index().mark_applied(key, last);
     node.set_durable(durable).await;
     Ok(true)
@@ -326,6 +327,7 @@ pub async fn checkpoint_and_truncate(node: &Node) -> Result<(), FlushError> {
             source: std::io::Error::other(e.to_string()),
         })??;
     if !truncation.removed.is_empty() || !truncation.recycled.is_empty() {
+        crate::failpoint::hit("flush-after-truncate");
         tracing::info!(
             removed = truncation.removed.len(),
             recycled = truncation.recycled.len(),

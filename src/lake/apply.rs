@@ -115,6 +115,7 @@ pub(crate) async fn apply_on(
     check_supported(state, location)?;
     let plan = plan_schema(Some(state.schema()), squashed)?;
     let merged = merge(state, &plan, squashed, location).await?;
+    crate::failpoint::hit("flush-after-parquet-write");
     commit(state, location, &plan, merged, marker, txn_version).await
 }
 
