@@ -253,6 +253,7 @@ impl Node {
             return Err(NodeError::ShuttingDown);
         }
         let target = self.resolve_target(&command, true)?;
+        self.learn_from_store(&target).await;
         // The schema message comes first; a stream without one has no rows.
         let mut first_batch = None;
         let layout = match items.next().await {
@@ -506,9 +507,17 @@ impl Node {
         let layout = SyncLayout::from_descriptors(&command.column_descriptors, schema)?;
         let mut schemas = self.schemas.lock().unwrap_or_else(|e| e.into_inner());
         let known = schemas.entry(target.key.clone()).or_default();
+        // Types as the table store keeps them (Utf8View and LargeUtf8 are
+        // Utf8 there); a type the store cannot hold is refused now.
+        let mut stored = Vec::new();
         for field in layout.table_fields() {
+            let data_type = crate::lake::delta_arrow_type(field.name(), field.data_type())
+                .map_err(|error| NodeError::InvalidCommand {
+                    field: "column_descriptors",
+                    problem: error.to_string(),
+                })?;
             if let Some(existing) = known.get(field.name()) {
-                if existing != field.data_type() {
+                if *existing != data_type {
                     return Err(NodeError::InvalidCommand {
                         field: "column_descriptors",
                         problem: format!(
@@ -521,11 +530,51 @@ impl Node {
                     });
                 }
             }
+            stored.push((field.name().clone(), data_type));
         }
-        for field in layout.table_fields() {
-            known.insert(field.name().clone(), field.data_type().clone());
-        }
+        known.extend(stored);
         Ok(layout)
+    }
+
+    /// The first put of a table since start learns the column types the
+    /// table already has in the store, so a conflicting type is refused at
+    /// put time, not discovered at flush time. A store that cannot be read
+    /// now does not block ingest: the check then covers only what this node
+    /// accepted, and the next put tries the store again.
+    async fn learn_from_store(&self, target: &TableTarget) {
+        let known = self
+            .schemas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&target.key);
+        if known {
+            return;
+        }
+        let location = match url::Url::parse(&target.store_root)
+            .map_err(|e| e.to_string())
+            .and_then(|root| {
+                crate::lake::table_location(&root, &target.path, target.options.clone())
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(location) => location,
+            Err(error) => {
+                tracing::warn!(table = %target.key, %error, "cannot resolve the table location");
+                return;
+            }
+        };
+        match crate::lake::load_state(&location).await {
+            Ok(Some(state)) => self.learn_table_schema(&target.key, state.schema()),
+            Ok(None) => {
+                self.schemas
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(target.key.clone())
+                    .or_default();
+            }
+            Err(error) => {
+                tracing::warn!(table = %target.key, %error, "cannot read the table's schema; checking types against accepted puts only");
+            }
+        }
     }
 
     /// Seeds the known column types of a table (from the table store).

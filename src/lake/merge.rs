@@ -19,7 +19,7 @@ use crate::sync::changes::Squashed;
 
 /// The type a column of `data_type` has once stored in Delta and read back
 /// (for example `Utf8View` and `LargeUtf8` become `Utf8`).
-pub(crate) fn delta_arrow_type(column: &str, data_type: &DataType) -> Result<DataType, LakeError> {
+pub fn delta_arrow_type(column: &str, data_type: &DataType) -> Result<DataType, LakeError> {
     let unsupported = |source| LakeError::UnsupportedType {
         column: column.to_owned(),
         data_type: data_type.clone(),

@@ -38,8 +38,9 @@ pub struct Squashed {
 }
 
 impl Squashed {
-    /// True when the flush changes nothing (for example an insert and a delete
-    /// of the same key that cancel out).
+    /// True when the flush touches no key at all (only no-op rows). An
+    /// insert then delete of one key is *not* empty: the key is removed,
+    /// which deletes a row that existed before the flush.
     pub fn is_empty(&self) -> bool {
         self.removed_keys.num_rows() == 0 && self.upserts.num_rows() == 0
     }
