@@ -5,7 +5,7 @@
 //! only after their fsync, and rebuilds all of it from the WAL at start.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -81,6 +81,17 @@ pub struct Node {
     /// may get (durable Lsn + 1 when it started). Counted, as a multiset.
     holds: Mutex<HashMap<String, BTreeMap<Lsn, usize>>>,
     shutting_down: AtomicBool,
+    pub flush_metrics: FlushMetrics,
+}
+
+/// Counters of the flush scheduler.
+#[derive(Debug, Default)]
+pub struct FlushMetrics {
+    pub commits: AtomicU64,
+    pub already_applied: AtomicU64,
+    pub failures: AtomicU64,
+    pub rows_written: AtomicU64,
+    pub frames_flushed: AtomicU64,
 }
 
 /// Releases a hold when dropped (every exit path of a put).
@@ -117,6 +128,7 @@ impl Node {
             schemas: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            flush_metrics: FlushMetrics::default(),
         });
         let state = node.recover(recovery).await?;
         Ok((node, state))
@@ -233,6 +245,49 @@ impl Node {
             map.insert(name, Arc::new(tokio::sync::Mutex::new(origin)));
         }
         Ok(state)
+    }
+
+    /// Counters and gauges as JSON (the `metrics` Flight action).
+    pub fn metrics_json(&self) -> serde_json::Value {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let wal = self.wal.metrics();
+        let flush = &self.flush_metrics;
+        let (pending_bytes, pending_frames, tables) = {
+            let index = self.lock_index();
+            (
+                index.pending_bytes(),
+                index.pending_frames(),
+                index.tables().count(),
+            )
+        };
+        serde_json::json!({
+            "wal": {
+                "frames_appended": load(&wal.frames_appended),
+                "bytes_written": load(&wal.bytes_written),
+                "fsyncs": load(&wal.syncs),
+                "group_commits": load(&wal.batches),
+                "segments_created": load(&wal.segments_created),
+                "segments_removed": load(&wal.segments_removed),
+                "segments_recycled": load(&wal.segments_recycled),
+                "segments": self.wal.segments().len(),
+                "log_bytes": self.wal.log_bytes(),
+                "durable_lsn": self.wal.durable_lsn().borrow().0,
+            },
+            "pending": {
+                "bytes": pending_bytes,
+                "frames": pending_frames,
+                "tables": tables,
+                "high_watermark_bytes": self.config.pending_bytes_high_watermark,
+            },
+            "flush": {
+                "commits": load(&flush.commits),
+                "already_applied": load(&flush.already_applied),
+                "failures": load(&flush.failures),
+                "rows_written": load(&flush.rows_written),
+                "frames_flushed": load(&flush.frames_flushed),
+            },
+            "origins": self.lock_origins().len(),
+        })
     }
 
     /// Stops accepting puts; in-flight puts finish.

@@ -37,6 +37,9 @@ pub const COMMAND_TYPE_URLS: [&str; 2] = [
     "type.googleapis.com/clade.sync.DataSyncCommand",
 ];
 
+/// The Flight action that returns the node's metrics as JSON.
+pub const METRICS_ACTION: &str = "metrics";
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The Flight service over a node.
@@ -181,16 +184,35 @@ impl FlightService for SyncService {
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         unimplemented("do_exchange")
     }
+    /// `metrics`: the node's counters and gauges as one JSON document.
     async fn do_action(
         &self,
-        _: Request<Action>,
+        request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        unimplemented("do_action")
+        let action = request.into_inner();
+        if action.r#type != METRICS_ACTION {
+            return Err(Status::invalid_argument(format!(
+                "action.type: {:?} is not supported (only {METRICS_ACTION:?})",
+                action.r#type
+            )));
+        }
+        let body = self.node.metrics_json().to_string();
+        let result = arrow_flight::Result { body: body.into() };
+        Ok(Response::new(Box::pin(futures::stream::once(async move {
+            Ok(result)
+        }))))
     }
     async fn list_actions(
         &self,
         _: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
-        unimplemented("list_actions")
+        let action = ActionType {
+            r#type: METRICS_ACTION.to_string(),
+            description: "counters and gauges of the WAL, pending index and flushes, as JSON"
+                .to_string(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::once(async move {
+            Ok(action)
+        }))))
     }
 }

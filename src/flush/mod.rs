@@ -7,6 +7,7 @@
 //! capped exponential backoff.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -115,6 +116,7 @@ async fn run(node: Arc<Node>, mut stopped: watch::Receiver<bool>) {
                     flushed |= changed;
                 }
                 Err(error) => {
+                    node.flush_metrics.failures.fetch_add(1, Ordering::Relaxed);
                     let next = Backoff::after_failure(backoff.get(&key).copied(), Instant::now());
                     tracing::warn!(%error, failures = next.failures, "flush failed; data stays in the WAL, retrying with backoff");
                     backoff.insert(key, next);
@@ -152,7 +154,7 @@ fn pick_tables(node: &Node, now: Instant, backoff: &HashMap<String, Backoff>) ->
         })
         .map(|t| (t.bytes, t.target.key.clone()))
         .collect();
-    due.sort_by(|a, b| b.0.cmp(&a.0));
+    due.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
     due.into_iter().map(|(_, key)| key).collect()
 }
 
@@ -233,6 +235,21 @@ pub async fn flush_table(node: &Node, key: &str) -> Result<bool, FlushError> {
     let outcome = lake::apply(&location, &squashed, &marker)
         .await
         .map_err(lake_error)?;
+    let metrics = &node.flush_metrics;
+    metrics
+        .frames_flushed
+        .fetch_add(frames.len() as u64, Ordering::Relaxed);
+    match &outcome {
+        ApplyOutcome::Committed { rows_written, .. } => {
+            metrics.commits.fetch_add(1, Ordering::Relaxed);
+            metrics
+                .rows_written
+                .fetch_add(*rows_written, Ordering::Relaxed);
+        }
+        ApplyOutcome::AlreadyApplied { .. } => {
+            metrics.already_applied.fetch_add(1, Ordering::Relaxed);
+        }
+    }
     if let ApplyOutcome::Committed {
         version,
         files_added,
