@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the ingest node (Arrow Flight do_put on --listen).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Inspect a write-ahead log directory (read-only, no lock taken).
     Wal {
         #[command(subcommand)]
@@ -64,7 +64,7 @@ enum WalCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => run_serve(args),
+        Command::Serve(args) => run_serve(*args),
         Command::Wal { command } => run_wal(command),
     }
 }
