@@ -716,7 +716,7 @@ async fn concurrent_puts_of_different_origins_all_succeed() {
             let name = format!("origin-{origin}");
             let table = if origin % 2 == 0 { "even" } else { "odd" };
             for sequence in 1..=transactions {
-                let start = (origin * 1000 + sequence as i64 * 10) as i64;
+                let start = origin * 1000 + sequence as i64 * 10;
                 let response = put_inserts(
                     &mut client,
                     &command(table, &name, Some(sequence)),
