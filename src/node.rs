@@ -74,8 +74,9 @@ pub struct Node {
     /// at a time (the protocol orders them); different origins run in parallel.
     origins: Mutex<HashMap<String, Arc<tokio::sync::Mutex<OriginState>>>>,
     index: Mutex<Index>,
-    /// Column types per table as accepted so far (checked at put time).
-    schemas: Mutex<HashMap<String, HashMap<String, arrow::datatypes::DataType>>>,
+    /// Column types per table, accepted so far or claimed by puts in
+    /// flight (checked at put time).
+    schemas: Mutex<HashMap<String, HashMap<String, KnownType>>>,
     /// Per table, Lsns that a flush must stay below: frames of open
     /// transactions and, while a put is writing, a lower bound of the Lsns it
     /// may get (durable Lsn + 1 when it started). Counted, as a multiset.
@@ -92,6 +93,50 @@ pub struct FlushMetrics {
     pub failures: AtomicU64,
     pub rows_written: AtomicU64,
     pub frames_flushed: AtomicU64,
+}
+
+/// A column type as the put-time check sees it. `accepted`: the table store
+/// has it or an acknowledged put wrote rows with it. `in_flight`: puts that
+/// passed the check with it and have not finished. An entry neither accepted
+/// nor in flight is removed, so a refused put never fixes a column's type.
+#[derive(Debug, Clone)]
+struct KnownType {
+    data_type: arrow::datatypes::DataType,
+    accepted: bool,
+    in_flight: usize,
+}
+
+/// A put's claim on its column types: dropped unaccepted on every path that
+/// writes no rows, accepted once its rows are in the WAL.
+struct TypeClaim<'a> {
+    node: &'a Node,
+    table: String,
+    columns: Vec<String>,
+    accepted: bool,
+}
+
+impl TypeClaim<'_> {
+    fn accept(mut self) {
+        self.accepted = true;
+    }
+}
+
+impl Drop for TypeClaim<'_> {
+    fn drop(&mut self) {
+        let mut schemas = self.node.schemas.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(known) = schemas.get_mut(&self.table) else {
+            return;
+        };
+        for column in &self.columns {
+            if let Some(entry) = known.get_mut(column) {
+                entry.in_flight = entry.in_flight.saturating_sub(1);
+                entry.accepted |= self.accepted;
+                if !entry.accepted && entry.in_flight == 0 {
+                    known.remove(column);
+                }
+            }
+        }
+    }
 }
 
 /// Releases a hold when dropped (every exit path of a put).
@@ -311,16 +356,19 @@ impl Node {
         self.learn_from_store(&target).await;
         // The schema message comes first; a stream without one has no rows.
         let mut first_batch = None;
-        let layout = match items.next().await {
-            None => None,
-            Some(item) => match item? {
-                PutItem::Schema(schema) => Some(self.check_layout(&command, &target, &schema)?),
-                PutItem::Batch(batch) => {
-                    let layout = self.check_layout(&command, &target, &batch.schema())?;
-                    first_batch = Some(batch);
-                    Some(layout)
-                }
-            },
+        let (layout, claim) = match items.next().await {
+            None => (None, None),
+            Some(item) => {
+                let (layout, claim) = match item? {
+                    PutItem::Schema(schema) => self.check_layout(&command, &target, &schema)?,
+                    PutItem::Batch(batch) => {
+                        let checked = self.check_layout(&command, &target, &batch.schema())?;
+                        first_batch = Some(batch);
+                        checked
+                    }
+                };
+                (Some(layout), Some(claim))
+            }
         };
         let origin_lock = self.origin(&command.origin);
         let mut origin = origin_lock.lock().await;
@@ -367,7 +415,11 @@ impl Node {
             }
             _ => {}
         }
+        let wrote_rows = writer.rows > 0;
         let frames = writer.finish().await?;
+        if let Some(claim) = claim.filter(|_| wrote_rows) {
+            claim.accept();
+        }
         let open = origin.open.get_or_insert_with(OpenTransaction::default);
         for (target, frame) in frames {
             open.bytes += frame.bytes;
@@ -552,13 +604,14 @@ impl Node {
     }
 
     /// Validates the column roles against the schema and the table's known
-    /// column types, and records the message's types as known.
+    /// column types (accepted or claimed by a put in flight), and claims the
+    /// message's types until the put is accepted or fails.
     fn check_layout(
         &self,
         command: &DataSyncCommand,
         target: &TableTarget,
         schema: &SchemaRef,
-    ) -> Result<SyncLayout, NodeError> {
+    ) -> Result<(SyncLayout, TypeClaim<'_>), NodeError> {
         let layout = SyncLayout::from_descriptors(&command.column_descriptors, schema)?;
         let mut schemas = self.schemas.lock().unwrap_or_else(|e| e.into_inner());
         let known = schemas.entry(target.key.clone()).or_default();
@@ -571,7 +624,7 @@ impl Node {
                     field: "column_descriptors",
                     problem: error.to_string(),
                 })?;
-            if let Some(existing) = known.get(field.name()) {
+            if let Some(existing) = known.get(field.name()).map(|k| &k.data_type) {
                 if *existing != data_type {
                     return Err(NodeError::InvalidCommand {
                         field: "column_descriptors",
@@ -587,8 +640,24 @@ impl Node {
             }
             stored.push((field.name().clone(), data_type));
         }
-        known.extend(stored);
-        Ok(layout)
+        let columns = stored.iter().map(|(name, _)| name.clone()).collect();
+        for (name, data_type) in stored {
+            known
+                .entry(name)
+                .or_insert(KnownType {
+                    data_type,
+                    accepted: false,
+                    in_flight: 0,
+                })
+                .in_flight += 1;
+        }
+        let claim = TypeClaim {
+            node: self,
+            table: target.key.clone(),
+            columns,
+            accepted: false,
+        };
+        Ok((layout, claim))
     }
 
     /// The first put of a table since start learns the column types the
@@ -639,7 +708,11 @@ impl Node {
         for field in schema.fields() {
             known
                 .entry(field.name().clone())
-                .or_insert_with(|| field.data_type().clone());
+                .or_insert_with(|| KnownType {
+                    data_type: field.data_type().clone(),
+                    accepted: true,
+                    in_flight: 0,
+                });
         }
     }
 

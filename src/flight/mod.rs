@@ -97,6 +97,19 @@ pub fn decode_command(descriptor: Option<&FlightDescriptor>) -> Result<DataSyncC
     })
 }
 
+/// tonic refuses one `FlightData` over its decoding limit, which is
+/// `message_bytes_max`, with `OutOfRange`: that is the message size limit, and
+/// the client gets the same `InvalidArgument` naming it as for a message whose
+/// batches add up to too much.
+fn stream_error(error: FlightError, limit: u64) -> NodeError {
+    match error {
+        FlightError::Tonic(status) if status.code() == tonic::Code::OutOfRange => {
+            NodeError::MessageTooLarge { limit }
+        }
+        other => NodeError::Arrow(other.to_string()),
+    }
+}
+
 fn unimplemented<T>(method: &str) -> Result<T, Status> {
     Err(Status::unimplemented(format!(
         "{method} is not supported: flightlog only ingests through do_put"
@@ -118,7 +131,15 @@ impl FlightService for SyncService {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
         let mut stream = request.into_inner();
-        let first = stream.message().await?.ok_or_else(|| {
+        let limit = self.node.config().message_bytes_max;
+        let first = stream
+            .message()
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::OutOfRange => Status::from(NodeError::MessageTooLarge { limit }),
+                _ => status,
+            })?;
+        let first = first.ok_or_else(|| {
             Status::invalid_argument(
                 "do_put: empty stream, the first FlightData must carry the command",
             )
@@ -133,7 +154,7 @@ impl FlightService for SyncService {
                     DecodedPayload::RecordBatch(batch) => Some(Ok(PutItem::Batch(batch))),
                     DecodedPayload::None => None,
                 },
-                Err(error) => Some(Err(NodeError::Arrow(error.to_string()))),
+                Err(error) => Some(Err(stream_error(error, limit))),
             }
         });
         let response = self.node.put(command, Box::pin(items)).await?;

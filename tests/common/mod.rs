@@ -1,0 +1,458 @@
+//! Helpers shared by the integration tests (and `benches/ingest.rs`, which
+//! includes this file by path). Three groups:
+//!
+//! - **Nodes.** [`InProcessNode`] runs `Node` + the Flight service on an
+//!   ephemeral port inside the test's runtime (no flusher, so the WAL only
+//!   grows by what puts write). [`ServeProcess`] runs the real binary
+//!   (`flightlog serve --listen 127.0.0.1:0 --data-dir <dir>`), parses the
+//!   address from its start line, and is killed with SIGKILL
+//!   (`Child::kill`) to model a crash.
+//! - **Commands and rows.** [`command`], [`key_value_descriptors`],
+//!   [`key_value_schema`], [`inserts`]: a `DataSyncCommand` for the usual
+//!   test table (`id` Int64 key, `value` Utf8), and [`command_bytes`] to wrap
+//!   any command in a protobuf `Any` as clients do.
+//! - **Puts and inspection.** [`put`] / [`put_raw`] / [`put_flight_data`]
+//!   run one `do_put` with `arrow_flight::FlightClient` and decode the
+//!   `DataSyncResponse` from `PutResult.app_metadata`; [`wal_dump`] and
+//!   [`wal_verify`] run `flightlog wal dump --json` / `wal verify`.
+//!
+//! Every wait here is on an explicit signal (a line on stdout, a response) or
+//! a poll with a bounded deadline that fails loudly; nothing sleeps to "let
+//! things happen".
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::{FlightClient, FlightData, FlightDescriptor};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use prost::Message;
+
+use flightlog::config::Config;
+use flightlog::flight::{Any, SyncService};
+use flightlog::node::Node;
+use flightlog::proto::sync::{ColumnDescriptor, ColumnRole, DataSyncCommand, DataSyncResponse};
+
+/// The `type_url` existing Seafowl clients send.
+pub const BARE_TYPE_URL: &str = "DataSyncCommand";
+/// The fully qualified `type_url`, also accepted.
+pub const PREFIXED_TYPE_URL: &str = "type.googleapis.com/clade.sync.DataSyncCommand";
+
+/// How long a helper waits for the node to start or a condition to hold
+/// before failing the test (a guard against hangs, not a timing assertion).
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Path of the `flightlog` binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_flightlog")
+}
+
+// ---------------------------------------------------------------------------
+// Commands and rows
+// ---------------------------------------------------------------------------
+
+pub fn descriptor(role: ColumnRole, name: &str) -> ColumnDescriptor {
+    ColumnDescriptor {
+        role: role as i32,
+        name: name.to_string(),
+    }
+}
+
+/// Roles of [`key_value_schema`]: `OLD_PK id`, `NEW_PK id`, `VALUE value`.
+pub fn key_value_descriptors() -> Vec<ColumnDescriptor> {
+    vec![
+        descriptor(ColumnRole::OldPk, "id"),
+        descriptor(ColumnRole::NewPk, "id"),
+        descriptor(ColumnRole::Value, "value"),
+    ]
+}
+
+/// `old_id: Int64, new_id: Int64, value: Utf8`, all nullable.
+pub fn key_value_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("old_id", DataType::Int64, true),
+        Field::new("new_id", DataType::Int64, true),
+        Field::new("value", DataType::Utf8, true),
+    ]))
+}
+
+/// A command on the default store for the key/value table at `path`.
+pub fn command(path: &str, origin: &str, sequence_number: Option<u64>) -> DataSyncCommand {
+    DataSyncCommand {
+        path: path.to_string(),
+        store: None,
+        column_descriptors: key_value_descriptors(),
+        origin: origin.to_string(),
+        sequence_number,
+        format: 0,
+    }
+}
+
+/// Inserts of `ids` (old key null, new key = id, value = "v<id>").
+pub fn inserts(ids: std::ops::Range<i64>) -> RecordBatch {
+    let old: Int64Array = ids.clone().map(|_| None::<i64>).collect();
+    let new: Int64Array = ids.clone().map(Some).collect();
+    let value: StringArray = ids.map(|id| Some(format!("v{id}"))).collect();
+    RecordBatch::try_new(
+        key_value_schema(),
+        vec![
+            Arc::new(old) as ArrayRef,
+            Arc::new(new) as ArrayRef,
+            Arc::new(value) as ArrayRef,
+        ],
+    )
+    .expect("inserts match key_value_schema")
+}
+
+/// The descriptor `cmd` bytes: `command` wrapped in `Any` with `type_url`.
+pub fn command_bytes(command: &DataSyncCommand, type_url: &str) -> Bytes {
+    Any {
+        type_url: type_url.to_string(),
+        value: command.encode_to_vec(),
+    }
+    .encode_to_vec()
+    .into()
+}
+
+// ---------------------------------------------------------------------------
+// Puts
+// ---------------------------------------------------------------------------
+
+pub async fn connect(addr: SocketAddr) -> FlightClient {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid endpoint")
+        .connect()
+        .await
+        .expect("connect to the node");
+    FlightClient::new(channel)
+}
+
+/// One `do_put` of `command` (bare `type_url`) with `batches`; the schema
+/// message is always sent, so zero batches is a probe or a close.
+pub async fn put(
+    client: &mut FlightClient,
+    command: &DataSyncCommand,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<DataSyncResponse, tonic::Status> {
+    put_raw(
+        client,
+        command_bytes(command, BARE_TYPE_URL),
+        schema,
+        batches,
+    )
+    .await
+}
+
+/// Like [`put`] with the key/value schema and `inserts(ids)` (no batch when
+/// `ids` is empty). Panics if the node refuses.
+pub async fn put_inserts(
+    client: &mut FlightClient,
+    command: &DataSyncCommand,
+    ids: std::ops::Range<i64>,
+) -> DataSyncResponse {
+    let batches = if ids.is_empty() {
+        Vec::new()
+    } else {
+        vec![inserts(ids)]
+    };
+    put(client, command, key_value_schema(), batches)
+        .await
+        .unwrap_or_else(|status| panic!("put {command:?} refused: {status}"))
+}
+
+/// A probe: no rows, no sequence number. Panics if the node refuses.
+pub async fn probe(client: &mut FlightClient, path: &str, origin: &str) -> DataSyncResponse {
+    put_inserts(client, &command(path, origin, None), 0..0).await
+}
+
+/// One `do_put` with arbitrary descriptor `cmd` bytes.
+pub async fn put_raw(
+    client: &mut FlightClient,
+    cmd: Bytes,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<DataSyncResponse, tonic::Status> {
+    let stream = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(FlightDescriptor::new_cmd(cmd)))
+        .with_schema(schema)
+        .build(futures::stream::iter(batches.into_iter().map(Ok)));
+    finish_put(client, stream).await
+}
+
+/// One `do_put` of hand-made `FlightData` messages.
+pub async fn put_flight_data(
+    client: &mut FlightClient,
+    messages: Vec<FlightData>,
+) -> Result<DataSyncResponse, tonic::Status> {
+    finish_put(client, futures::stream::iter(messages.into_iter().map(Ok))).await
+}
+
+async fn finish_put<S>(
+    client: &mut FlightClient,
+    stream: S,
+) -> Result<DataSyncResponse, tonic::Status>
+where
+    S: futures::Stream<Item = Result<FlightData, FlightError>> + Send + 'static,
+{
+    let results: Vec<_> = client
+        .do_put(stream)
+        .await
+        .map_err(into_status)?
+        .try_collect()
+        .await
+        .map_err(into_status)?;
+    assert_eq!(results.len(), 1, "exactly one PutResult per do_put");
+    Ok(DataSyncResponse::decode(results[0].app_metadata.as_ref())
+        .expect("app_metadata is a plain DataSyncResponse"))
+}
+
+fn into_status(error: FlightError) -> tonic::Status {
+    match error {
+        FlightError::Tonic(status) => *status,
+        other => tonic::Status::unknown(format!("client-side error: {other}")),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// In-process node
+// ---------------------------------------------------------------------------
+
+/// `Node` + Flight service on 127.0.0.1:<ephemeral> in the current runtime,
+/// without the flush scheduler. Stops when dropped.
+pub struct InProcessNode {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    pub dir: tempfile::TempDir,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl InProcessNode {
+    /// Starts on a fresh temporary data directory under `parent` (or the
+    /// system temp dir), after `configure` adjusts the defaults.
+    pub async fn start_in(parent: Option<&Path>, configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = match parent {
+            Some(parent) => tempfile::tempdir_in(parent),
+            None => tempfile::tempdir(),
+        }
+        .expect("temporary data directory");
+        let mut config = Config::for_data_dir(dir.path()).expect("default config");
+        configure(&mut config);
+        let (node, _state) = Node::open(config).await.expect("node opens");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an ephemeral port");
+        let addr = listener.local_addr().expect("local address");
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service = SyncService::new(node.clone()).into_server();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await
+                .expect("flight server runs");
+        });
+        InProcessNode {
+            addr,
+            node,
+            dir,
+            shutdown: Some(shutdown),
+        }
+    }
+
+    pub async fn start(configure: impl FnOnce(&mut Config)) -> Self {
+        Self::start_in(None, configure).await
+    }
+
+    pub async fn client(&self) -> FlightClient {
+        connect(self.addr).await
+    }
+
+    /// The highest fsynced Lsn: unchanged across a put iff it wrote nothing.
+    pub fn durable_lsn(&self) -> u64 {
+        self.node.wal().durable_lsn().borrow().0
+    }
+}
+
+impl Drop for InProcessNode {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.node.wal().close();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The real binary
+// ---------------------------------------------------------------------------
+
+/// A running `flightlog serve`. Dropping it kills it (SIGKILL).
+pub struct ServeProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    /// The whole start line (`flightlog listening on <addr> ... recovered: ...`).
+    pub start_line: String,
+    pub data_dir: PathBuf,
+    /// Where the node's stderr (its log) goes: `<data_dir>.stderr.log`.
+    pub log_path: PathBuf,
+}
+
+impl ServeProcess {
+    /// Starts `flightlog serve --listen 127.0.0.1:0 --data-dir <data_dir>
+    /// <extra_args>` and waits for its start line.
+    pub fn start(data_dir: &Path, extra_args: &[&str]) -> ServeProcess {
+        let log_path = data_dir.with_extension("stderr.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open the node's log file");
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra_args)
+            .env_remove("FLIGHTLOG_FAILPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn flightlog serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (line_tx, line_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = line_tx.send(lines.next());
+            // Keep draining so a later print never blocks or fails.
+            for _ in lines {}
+        });
+        let line = match line_rx.recv_timeout(DEADLINE) {
+            Ok(Some(Ok(line))) => line,
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "flightlog serve printed no start line ({other:?}); log:\n{}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+        };
+        let addr = parse_start_line(&line);
+        ServeProcess {
+            child,
+            addr,
+            start_line: line,
+            data_dir: data_dir.to_path_buf(),
+            log_path,
+        }
+    }
+
+    /// The value of `key=` in the start line's recovery summary.
+    pub fn start_field(&self, key: &str) -> &str {
+        let prefix = format!("{key}=");
+        self.start_line
+            .split(' ')
+            .find_map(|word| word.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {key}= in start line {:?}", self.start_line))
+    }
+
+    pub async fn client(&self) -> FlightClient {
+        connect(self.addr).await
+    }
+
+    /// Crash: SIGKILL, then reap. Nothing of the node's shutdown path runs.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL the node");
+        self.child.wait().expect("reap the node");
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address of `flightlog listening on <addr> ...`.
+pub fn parse_start_line(line: &str) -> SocketAddr {
+    line.strip_prefix("flightlog listening on ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("not a start line: {line:?}"))
+}
+
+/// `flightlog wal dump --json <data_dir>/wal`: one JSON object per line
+/// (segments, frames, then the verdict). Panics unless it exits 0.
+pub fn wal_dump(data_dir: &Path) -> Vec<serde_json::Value> {
+    let output = Command::new(binary())
+        .args(["wal", "dump", "--json"])
+        .arg(data_dir.join("wal"))
+        .output()
+        .expect("run flightlog wal dump");
+    assert!(
+        output.status.success(),
+        "wal dump failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("wal dump --json prints JSON lines"))
+        .collect()
+}
+
+/// The frame lines of a [`wal_dump`] of kind `kind` (`data`, `abort`,
+/// `checkpoint`).
+pub fn frames_of_kind<'a>(dump: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    dump.iter().filter(|line| line["kind"] == kind).collect()
+}
+
+/// `flightlog wal verify <data_dir>/wal`: its exit status and stdout.
+pub fn wal_verify(data_dir: &Path) -> (ExitStatus, String) {
+    let output = Command::new(binary())
+        .args(["wal", "verify"])
+        .arg(data_dir.join("wal"))
+        .output()
+        .expect("run flightlog wal verify");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// Polls `condition` until it returns `Some`, failing after [`DEADLINE`].
+pub async fn poll_until<T, F, Fut>(what: &str, mut condition: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = condition().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
