@@ -482,6 +482,11 @@ impl Node {
             }
             _ => (self.config.default_store.clone(), HashMap::new()),
         };
+        if check_allowed {
+            // A location the flush cannot use would fail every flush of the
+            // table and hold back every later transaction's durable sequence.
+            check_store_location(&store_root, &command.path, &options)?;
+        }
         let key = format!(
             "{}/{}",
             store_root.trim_end_matches('/'),
@@ -589,6 +594,24 @@ fn discard_range(origin: &mut OriginState, first: Lsn, last: Lsn) {
             origin.open = None;
         }
     }
+}
+
+/// The store root must be a URL the flush can open, with the table path
+/// joined to it (the same check the flush makes, without I/O).
+fn check_store_location(
+    store_root: &str,
+    path: &str,
+    options: &HashMap<String, String>,
+) -> Result<(), NodeError> {
+    let invalid = |problem: String| NodeError::InvalidCommand {
+        field: "store.location",
+        problem,
+    };
+    let root = url::Url::parse(store_root)
+        .map_err(|error| invalid(format!("{store_root:?} is not a URL: {error}")))?;
+    crate::lake::table_location(&root, path, options.clone())
+        .map_err(|error| invalid(error.to_string()))?;
+    Ok(())
 }
 
 /// A table path is relative, non-empty, with no `..`, `.`, empty or
