@@ -467,11 +467,7 @@ impl Node {
             Some(store) if !store.location.is_empty() => {
                 if check_allowed
                     && !self.config.allow_store.is_empty()
-                    && !self
-                        .config
-                        .allow_store
-                        .iter()
-                        .any(|p| store.location.starts_with(p.as_str()))
+                    && !store_allowed(&store.location, &self.config.allow_store)
                 {
                     return Err(NodeError::StoreNotAllowed {
                         location: store.location.clone(),
@@ -594,6 +590,32 @@ fn discard_range(origin: &mut OriginState, first: Lsn, last: Lsn) {
             origin.open = None;
         }
     }
+}
+
+/// Whether `location` is one of the `allowed` store roots or lies under
+/// one. Compared as parsed URLs, so `..` and `%2e%2e` segments are resolved
+/// as the flush will resolve them, and segment by segment, so an allowed
+/// `file:///lake` does not admit `file:///lake-other`.
+fn store_allowed(location: &str, allowed: &[String]) -> bool {
+    let Ok(location) = url::Url::parse(location) else {
+        return false;
+    };
+    let segments = |url: &url::Url| -> Vec<String> {
+        url.path_segments()
+            .map(|s| s.filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let location_segments = segments(&location);
+    allowed.iter().any(|prefix| {
+        let Ok(prefix) = url::Url::parse(prefix) else {
+            return false;
+        };
+        prefix.scheme() == location.scheme()
+            && prefix.username() == location.username()
+            && prefix.host_str() == location.host_str()
+            && prefix.port_or_known_default() == location.port_or_known_default()
+            && location_segments.starts_with(&segments(&prefix))
+    })
 }
 
 /// The store root must be a URL the flush can open, with the table path
