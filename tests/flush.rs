@@ -747,7 +747,7 @@ async fn flushed_wal_segments_are_truncated() {
     );
     model.assert_table("t", &lake_table(&dir, "t"), &["id"]).await;
     assert!(node.stop().success());
-    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_flightlog"))
+    let verify = std::process::Command::new(binary())
         .args(["wal", "verify"])
         .arg(dir.join("wal"))
         .output()

@@ -34,6 +34,15 @@ pub const DEADLINE: Duration = Duration::from_secs(180);
 
 // ------------------------------------------------------------------ process
 
+/// The `flightlog` binary: `FLIGHTLOG_BIN` when set (a build directory
+/// shared by several checkouts overwrites `target/debug/flightlog`), else
+/// the one cargo built for these tests.
+pub fn binary() -> PathBuf {
+    std::env::var_os("FLIGHTLOG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_flightlog")))
+}
+
 /// A running `flightlog serve`, killed (SIGKILL) on drop.
 pub struct NodeProcess {
     child: Child,
@@ -78,7 +87,7 @@ impl NodeProcess {
             .append(true)
             .open(&log)
             .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_flightlog"));
+        let mut command = Command::new(binary());
         command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
@@ -965,10 +974,17 @@ pub fn generate_transactions(
                                 }
                             };
                             let row = scratch.tables[path][&key].clone();
+                            // Every other one carries a single column and
+                            // keeps the rest: applied twice, it would lose it.
+                            let set = if pick % 2 == 0 {
+                                row.into_iter().collect()
+                            } else {
+                                set(&[("amount", int(rng.below(1000) as i64))])
+                            };
                             Change::Update {
                                 old: key,
                                 new: vec![new_id],
-                                set: row.into_iter().collect(),
+                                set,
                             }
                         }
                         _ => Change::Delete { key },
