@@ -152,7 +152,7 @@ fn pick_tables(node: &Node, now: Instant, backoff: &HashMap<String, Backoff>) ->
         })
         .map(|t| (t.bytes, t.target.key.clone()))
         .collect();
-    due.sort_by(|a, b| b.0.cmp(&a.0));
+    due.sort_by_key(|entry| std::cmp::Reverse(entry.0));
     due.into_iter().map(|(_, key)| key).collect()
 }
 
