@@ -6,6 +6,8 @@
 //! Skipped, with the reason printed, when the venv cannot be made (no
 //! network, no `python3 -m venv`).
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::BTreeMap;
@@ -134,15 +136,18 @@ fn read_with_deltalake(python: &Path, table_dir: &Path) -> (Vec<String>, BTreeMa
                     serde_json::Value::Null => None,
                     serde_json::Value::Number(n) => Some(Value::Int(n.as_i64().unwrap())),
                     serde_json::Value::String(s) => Some(Value::Str(s.clone())),
-                    serde_json::Value::Object(o) => Some(Value::Dec(
-                        o["unscaled"].as_str().unwrap().parse().unwrap(),
-                    )),
+                    serde_json::Value::Object(o) => {
+                        Some(Value::Dec(o["unscaled"].as_str().unwrap().parse().unwrap()))
+                    }
                     other => panic!("unexpected value {other}"),
                 };
                 (name.clone(), cell)
             })
             .collect();
-        assert!(rows.insert(key.clone(), row).is_none(), "duplicate key {key:?}");
+        assert!(
+            rows.insert(key.clone(), row).is_none(),
+            "duplicate key {key:?}"
+        );
     }
     (columns, rows)
 }

@@ -7,6 +7,8 @@
 //! store locations and the allow-list are honoured, that flushed WAL
 //! segments are truncated, and that a restart applies nothing twice.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::HashMap;
@@ -434,7 +436,10 @@ async fn a_hundred_thousand_inserts_in_one_message_are_all_flushed() {
             let id = (i * 7919) % rows;
             Change::Insert {
                 key: vec![id],
-                set: set(&[("name", text(&format!("row {id}"))), ("amount", int(id * 2))]),
+                set: set(&[
+                    ("name", text(&format!("row {id}"))),
+                    ("amount", int(id * 2)),
+                ]),
             }
         })
         .collect();
@@ -651,7 +656,11 @@ async fn a_store_outside_the_allow_list_is_permission_denied() {
             .try_send("pg", Some(1), &message(location))
             .await
             .expect_err(location);
-        assert_eq!(error.code(), tonic::Code::PermissionDenied, "{location}: {error}");
+        assert_eq!(
+            error.code(),
+            tonic::Code::PermissionDenied,
+            "{location}: {error}"
+        );
     }
     let inside = format!("{allowed}/tables");
     client.send("pg", Some(1), &message(&inside)).await;
@@ -682,17 +691,27 @@ async fn an_unusable_store_location_is_refused_at_put_time() {
     // durable sequence of every later transaction of every origin.
     for location in ["not a url", "http://example.com/lake", "ftp://host/x"] {
         let error = client
-            .try_send("bad", Some(1), &message("t").with_store(location, HashMap::new()))
+            .try_send(
+                "bad",
+                Some(1),
+                &message("t").with_store(location, HashMap::new()),
+            )
             .await
             .expect_err(location);
-        assert_eq!(error.code(), tonic::Code::InvalidArgument, "{location}: {error}");
+        assert_eq!(
+            error.code(),
+            tonic::Code::InvalidArgument,
+            "{location}: {error}"
+        );
     }
     let mut model = Model::default();
     let good = message("t");
     client.send("good", Some(1), &good).await;
     model.apply(&good);
     node.wait_durable(&mut client, "good", 1).await;
-    model.assert_table("t", &lake_table(&dir, "t"), &["id"]).await;
+    model
+        .assert_table("t", &lake_table(&dir, "t"), &["id"])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -745,7 +764,9 @@ async fn flushed_wal_segments_are_truncated() {
         "segments before the flush: {before}, after: {}",
         segment_files(&dir)
     );
-    model.assert_table("t", &lake_table(&dir, "t"), &["id"]).await;
+    model
+        .assert_table("t", &lake_table(&dir, "t"), &["id"])
+        .await;
     assert!(node.stop().success());
     let verify = std::process::Command::new(binary())
         .args(["wal", "verify"])
@@ -765,7 +786,9 @@ async fn flushed_wal_segments_are_truncated() {
     assert!(response.first);
     assert_eq!(response.memory_sequence_number, Some(1));
     assert_eq!(response.durable_sequence_number, Some(1));
-    model.assert_table("t", &lake_table(&dir, "t"), &["id"]).await;
+    model
+        .assert_table("t", &lake_table(&dir, "t"), &["id"])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -821,7 +844,10 @@ async fn a_clean_restart_applies_nothing_twice() {
         node.wait_durable(&mut client, "pg", 6).await;
         check(model.clone()).await;
         // A resent transaction is acknowledged and not applied again.
-        let again = client.send_transaction("pg", &transactions[5]).await.unwrap();
+        let again = client
+            .send_transaction("pg", &transactions[5])
+            .await
+            .unwrap();
         assert_eq!(again.memory_sequence_number, Some(6));
         assert!(node.stop().success());
     }
@@ -959,11 +985,8 @@ async fn an_s3_default_store_and_an_s3_client_store_are_flushed() {
     node.wait_durable(&mut client, "pg", 4).await;
     let root = url::Url::parse("s3://lake/other").unwrap();
     let location =
-        flightlog::lake::table_location(&root, "via-command", s3_options(&moto.endpoint))
-            .unwrap();
-    model
-        .assert_table("via-command", &location, &["id"])
-        .await;
+        flightlog::lake::table_location(&root, "via-command", s3_options(&moto.endpoint)).unwrap();
+    model.assert_table("via-command", &location, &["id"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

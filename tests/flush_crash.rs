@@ -7,6 +7,8 @@
 //! every table must equal the model row by row: no acknowledged change lost,
 //! none applied twice.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -198,12 +198,9 @@ impl NodeProcess {
                 return response;
             }
             polls += 1;
-            if polls % 50 == 0 {
+            if polls.is_multiple_of(50) {
                 let log = self.log_text();
-                assert!(
-                    !log.contains("flush failed"),
-                    "a flush failed; log:\n{log}"
-                );
+                assert!(!log.contains("flush failed"), "a flush failed; log:\n{log}");
             }
             assert!(
                 started.elapsed() < DEADLINE,
@@ -472,9 +469,18 @@ pub fn usual_values() -> Vec<ValueColumn> {
 /// no CHANGED partner, as null, which overwrites).
 #[derive(Debug, Clone)]
 pub enum Change {
-    Insert { key: Key, set: Vec<(String, Cell)> },
-    Update { old: Key, new: Key, set: Vec<(String, Cell)> },
-    Delete { key: Key },
+    Insert {
+        key: Key,
+        set: Vec<(String, Cell)>,
+    },
+    Update {
+        old: Key,
+        new: Key,
+        set: Vec<(String, Cell)>,
+    },
+    Delete {
+        key: Key,
+    },
 }
 
 pub fn set(cells: &[(&str, Cell)]) -> Vec<(String, Cell)> {
@@ -976,7 +982,7 @@ pub fn generate_transactions(
                             let row = scratch.tables[path][&key].clone();
                             // Every other one carries a single column and
                             // keeps the rest: applied twice, it would lose it.
-                            let set = if pick % 2 == 0 {
+                            let set = if pick.is_multiple_of(2) {
                                 row.into_iter().collect()
                             } else {
                                 set(&[("amount", int(rng.below(1000) as i64))])
