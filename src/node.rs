@@ -575,11 +575,7 @@ impl Node {
             Some(store) if !store.location.is_empty() => {
                 if check_allowed
                     && !self.config.allow_store.is_empty()
-                    && !self
-                        .config
-                        .allow_store
-                        .iter()
-                        .any(|p| store.location.starts_with(p.as_str()))
+                    && !store_allowed(&store.location, &self.config.allow_store)
                 {
                     return Err(NodeError::StoreNotAllowed {
                         location: store.location.clone(),
@@ -590,6 +586,11 @@ impl Node {
             }
             _ => (self.config.default_store.clone(), HashMap::new()),
         };
+        if check_allowed {
+            // A location the flush cannot use would fail every flush of the
+            // table and hold back every later transaction's durable sequence.
+            check_store_location(&store_root, &command.path, &options)?;
+        }
         let key = format!(
             "{}/{}",
             store_root.trim_end_matches('/'),
@@ -766,6 +767,50 @@ fn discard_range(origin: &mut OriginState, first: Lsn, last: Lsn) {
             origin.open = None;
         }
     }
+}
+
+/// Whether `location` is one of the `allowed` store roots or lies under
+/// one. Compared as parsed URLs, so `..` and `%2e%2e` segments are resolved
+/// as the flush will resolve them, and segment by segment, so an allowed
+/// `file:///lake` does not admit `file:///lake-other`.
+fn store_allowed(location: &str, allowed: &[String]) -> bool {
+    let Ok(location) = url::Url::parse(location) else {
+        return false;
+    };
+    let segments = |url: &url::Url| -> Vec<String> {
+        url.path_segments()
+            .map(|s| s.filter(|s| !s.is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    let location_segments = segments(&location);
+    allowed.iter().any(|prefix| {
+        let Ok(prefix) = url::Url::parse(prefix) else {
+            return false;
+        };
+        prefix.scheme() == location.scheme()
+            && prefix.username() == location.username()
+            && prefix.host_str() == location.host_str()
+            && prefix.port_or_known_default() == location.port_or_known_default()
+            && location_segments.starts_with(&segments(&prefix))
+    })
+}
+
+/// The store root must be a URL the flush can open, with the table path
+/// joined to it (the same check the flush makes, without I/O).
+fn check_store_location(
+    store_root: &str,
+    path: &str,
+    options: &HashMap<String, String>,
+) -> Result<(), NodeError> {
+    let invalid = |problem: String| NodeError::InvalidCommand {
+        field: "store.location",
+        problem,
+    };
+    let root = url::Url::parse(store_root)
+        .map_err(|error| invalid(format!("{store_root:?} is not a URL: {error}")))?;
+    crate::lake::table_location(&root, path, options.clone())
+        .map_err(|error| invalid(error.to_string()))?;
+    Ok(())
 }
 
 /// A table path is relative, non-empty, with no `..`, `.`, empty or
