@@ -400,9 +400,9 @@ fn run_seed(seed: u64) -> Outcome {
     rt.block_on(async {
         let mut node = start(&data);
         let mut client = connect(&node.address).await;
-        let mut seen = vec![Seen::default(); ORIGINS];
+        let mut seen = [Seen::default(); ORIGINS];
         // Per origin: next transaction and next message to send.
-        let mut cursor = vec![(0usize, 0usize); ORIGINS];
+        let mut cursor = [(0usize, 0usize); ORIGINS];
         let mut puts = 0u64;
         let mut kill_index = 0;
         loop {

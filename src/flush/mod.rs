@@ -282,9 +282,12 @@ fn pending_frames(
     node: &Node,
     key: &str,
 ) -> Option<(crate::index::TableTarget, Vec<PendingFrame>)> {
-    let floor = node.open_floor(key);
     let budget = node.config().table_flush_bytes.max(64 << 20);
     let index = node.lock_index();
+    // Read the holds while the index is locked: a put takes its hold before
+    // its frames get Lsns, and a transaction enters the index before its
+    // holds are released, so no frame is ever in neither place.
+    let floor = node.open_floor(key);
     let table = index.table(key)?;
     let mut bytes = 0;
     let mut frames = Vec::new();
@@ -330,11 +333,15 @@ pub async fn checkpoint_and_truncate(node: &Node) -> Result<(), FlushError> {
         .append(FrameKind::Checkpoint, checkpoint.encode_to_vec())
         .await?;
     let mut floor = appended.lsn;
-    if let Some(lsn) = node.lock_index().oldest_pending_lsn() {
-        floor = floor.min(lsn);
-    }
-    if let Some(lsn) = node.oldest_open_lsn() {
-        floor = floor.min(lsn);
+    {
+        // Both under the index lock, for the reason given in pending_frames.
+        let index = node.lock_index();
+        for lsn in [index.oldest_pending_lsn(), node.oldest_open_lsn()]
+            .into_iter()
+            .flatten()
+        {
+            floor = floor.min(lsn);
+        }
     }
     let wal = node.wal().clone();
     let truncation = tokio::task::spawn_blocking(move || wal.truncate_below(floor))
