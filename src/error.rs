@@ -81,7 +81,7 @@ impl NodeError {
 
 fn wal_kind(error: &WalError) -> ErrorKind {
     match error {
-        WalError::Io { .. } => ErrorKind::Unavailable,
+        WalError::Io { .. } | WalError::NoSpace { .. } => ErrorKind::Unavailable,
         WalError::FrameTooLarge { .. } => ErrorKind::InvalidInput,
         WalError::Corrupted { .. }
         | WalError::UnsupportedVersion { .. }

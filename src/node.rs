@@ -50,6 +50,9 @@ struct OriginState {
     open: Option<OpenTransaction>,
     /// Whether this origin got its `first = true` answer since start.
     answered: bool,
+    /// Lsn ranges of frames of failed messages whose abort marker could not
+    /// be written yet (full disk); written before the origin's next put.
+    orphans: Vec<(Lsn, Lsn)>,
 }
 
 /// What recovery found, for the start line.
@@ -372,6 +375,7 @@ impl Node {
         };
         let origin_lock = self.origin(&command.origin);
         let mut origin = origin_lock.lock().await;
+        self.abort_orphans(&command.origin, &mut origin).await?;
         if let Some(sequence) = command.sequence_number {
             if origin.memory_seq.is_some_and(|memory| sequence <= memory) {
                 // An idempotent resend: whatever part of this transaction was
@@ -389,8 +393,7 @@ impl Node {
         let mut writer = MessageWriter::new(self, &command, &target, layout.as_ref(), open_bytes);
         if let Some(batch) = first_batch {
             if let Err(error) = writer.push(batch).await {
-                writer.abandon().await?;
-                return Err(error);
+                return Err(self.give_up(&mut origin, &writer, error).await);
             }
         }
         while let Some(item) = items.next().await {
@@ -402,8 +405,7 @@ impl Node {
                 Err(error) => Err(error),
             };
             if let Err(error) = result {
-                writer.abandon().await?;
-                return Err(error);
+                return Err(self.give_up(&mut origin, &writer, error).await);
             }
         }
         match (writer.rows, command.sequence_number) {
@@ -416,7 +418,10 @@ impl Node {
             _ => {}
         }
         let wrote_rows = writer.rows > 0;
-        let frames = writer.finish().await?;
+        let frames = match writer.finish().await {
+            Ok(frames) => frames,
+            Err(error) => return Err(self.give_up(&mut origin, &writer, error).await),
+        };
         if let Some(claim) = claim.filter(|_| wrote_rows) {
             claim.accept();
         }
@@ -445,6 +450,41 @@ impl Node {
             }
         }
         Ok(self.answer(&mut origin, true))
+    }
+
+    /// A message failed midway: its frames already in the WAL get an abort
+    /// marker so they are never applied (not even joined to a later
+    /// transaction at recovery). If the marker cannot be written now, the
+    /// range is remembered and marked before the origin's next put.
+    async fn give_up(
+        &self,
+        origin: &mut OriginState,
+        writer: &MessageWriter<'_>,
+        error: NodeError,
+    ) -> NodeError {
+        if let Some(range) = writer.written() {
+            origin.orphans.push(range);
+            if let Err(abort_error) = self.abort_orphans(&writer.command.origin, origin).await {
+                tracing::warn!(%abort_error, "cannot mark a failed message's frames as aborted yet; will retry before the origin's next put");
+            }
+        }
+        error
+    }
+
+    /// Writes the abort markers owed for failed messages of this origin.
+    async fn abort_orphans(&self, name: &str, origin: &mut OriginState) -> Result<(), NodeError> {
+        while let Some((first, last)) = origin.orphans.first().copied() {
+            let abort = Abort {
+                origin: name.to_string(),
+                first_lsn: first.0,
+                last_lsn: last.0,
+            };
+            self.wal
+                .append(FrameKind::Abort, abort.encode_to_vec())
+                .await?;
+            origin.orphans.remove(0);
+        }
+        Ok(())
     }
 
     fn answer(&self, origin: &mut OriginState, accepted: bool) -> DataSyncResponse {
@@ -950,7 +990,7 @@ impl<'a> MessageWriter<'a> {
     }
 
     /// Writes the last frame and waits for durability of all of them.
-    async fn finish(mut self) -> Result<Vec<(TableTarget, PendingFrame)>, NodeError> {
+    async fn finish(&mut self) -> Result<Vec<(TableTarget, PendingFrame)>, NodeError> {
         if !self.chunk.is_empty() || self.command.sequence_number.is_some() {
             self.write_chunk(self.command.sequence_number).await?;
         }
@@ -975,20 +1015,8 @@ impl<'a> MessageWriter<'a> {
             .collect())
     }
 
-    /// The message failed midway: mark the frames already written as
-    /// aborted, so they are never applied.
-    async fn abandon(self) -> Result<(), NodeError> {
-        if let (Some(first), Some(last)) = (self.frames.first(), self.frames.last()) {
-            let abort = Abort {
-                origin: self.command.origin.clone(),
-                first_lsn: first.lsn.0,
-                last_lsn: last.lsn.0,
-            };
-            self.node
-                .wal
-                .append(FrameKind::Abort, abort.encode_to_vec())
-                .await?;
-        }
-        Ok(())
+    /// Lsns of the frames this message already wrote, if any.
+    fn written(&self) -> Option<(Lsn, Lsn)> {
+        Some((self.frames.first()?.lsn, self.frames.last()?.lsn))
     }
 }

@@ -451,3 +451,76 @@ fn run_workload(storage: &CrashStorage, init: SegmentInit) -> Workload {
         truncated_below.load(std::sync::atomic::Ordering::SeqCst),
     )
 }
+
+#[test]
+fn a_full_disk_refuses_appends_without_failing_the_wal_and_loses_nothing_acknowledged() {
+    for init in [SegmentInit::Grow, SegmentInit::Recycle] {
+        let storage = CrashStorage::new();
+        let (wal, _) = Wal::open(Arc::new(storage.clone()), config(600, init)).expect("open");
+        let rt = runtime();
+        let mut acked = BTreeMap::new();
+        for tag in 0..5u64 {
+            let p = payload(tag, 40);
+            let appended = rt
+                .block_on(wal.append(FrameKind::Data, p.clone()))
+                .expect("append");
+            acked.insert(appended.lsn, p);
+        }
+        // The disk fills up: some appends fail with NoSpace, none is acknowledged wrongly.
+        let used: u64 = storage
+            .list()
+            .expect("list")
+            .iter()
+            .map(|n| storage.read(n).map_or(0, |b| b.len() as u64))
+            .sum();
+        storage.set_space(Some(used + 150));
+        let mut refused = 0;
+        for round in 0..5u64 {
+            // Several frames per batch, so a partial write spans frames.
+            let results = rt.block_on(async {
+                let mut waits = Vec::new();
+                for i in 0..3u64 {
+                    let p = payload(100 + round * 10 + i, 10 + 30 * i as usize);
+                    waits.push((
+                        p.clone(),
+                        wal.submit(FrameKind::Data, p).await.expect("submit"),
+                    ));
+                }
+                let mut results = Vec::new();
+                for (p, wait) in waits {
+                    results.push((p, wait.await));
+                }
+                results
+            });
+            for (p, result) in results {
+                match result {
+                    Ok(appended) => {
+                        acked.insert(appended.lsn, p);
+                    }
+                    Err(WalError::NoSpace { .. }) => refused += 1,
+                    Err(other) => panic!("{init:?}: a full disk must not fail the WAL: {other}"),
+                }
+            }
+        }
+        assert!(refused > 0, "{init:?}: the space limit must have been hit");
+        // Space returns: appends work again, Lsns continue without a gap.
+        storage.set_space(None);
+        for tag in 20..30u64 {
+            let p = payload(tag, 40);
+            let appended = rt
+                .block_on(wal.append(FrameKind::Data, p.clone()))
+                .expect("append after space returns");
+            acked.insert(appended.lsn, p);
+        }
+        wal.close();
+        for mode in [CrashMode::DropUnsynced, CrashMode::KeepUnsynced] {
+            let (wal, recovery) =
+                Wal::open(Arc::new(storage.crash_image(mode)), config(600, init)).expect("recover");
+            assert_eq!(
+                recovered_payloads(&wal, &recovery),
+                acked,
+                "{init:?} {mode:?}"
+            );
+        }
+    }
+}

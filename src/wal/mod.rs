@@ -124,6 +124,10 @@ pub enum WalError {
     FrameTooLarge { len: u64, max: u64 },
     #[error("the WAL has failed and acknowledges nothing more until restart: {reason}")]
     Failed { reason: String },
+    #[error(
+        "the WAL disk is full; nothing of this write was kept, retry when space returns: {reason}"
+    )]
+    NoSpace { reason: String },
     #[error("the WAL is closed")]
     Closed,
     #[error("WAL directory {dir} is locked by another process")]
@@ -131,6 +135,12 @@ pub enum WalError {
 }
 
 impl WalError {
+    /// True for a full disk or exhausted quota (ENOSPC, EDQUOT).
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, WalError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(code) if code == libc::ENOSPC || code == libc::EDQUOT))
+    }
+
     fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> WalError {
         move |source| WalError::Io { context, source }
     }

@@ -61,6 +61,11 @@ pub fn classify(name: &str) -> DirEntry {
     DirEntry::Other(name.to_string())
 }
 
+/// The name a segment has while it is being created.
+pub fn temporary_file_name(id: SegmentId) -> String {
+    format!("{}{TEMP_SUFFIX}", segment_file_name(id))
+}
+
 /// The pool name a truncated segment's file is renamed to.
 pub fn recycle_file_name(id: SegmentId) -> String {
     format!("{RECYCLE_PREFIX}{:020}{SEGMENT_SUFFIX}", id.0)
@@ -78,7 +83,7 @@ pub fn create_segment(
     recycled: Option<String>,
 ) -> io::Result<Box<dyn StorageFile>> {
     let name = segment_file_name(header.segment_id);
-    let temp = format!("{name}{TEMP_SUFFIX}");
+    let temp = temporary_file_name(header.segment_id);
     let mut file = match recycled {
         Some(old) => {
             storage.rename(&old, &temp)?;

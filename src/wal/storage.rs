@@ -198,6 +198,9 @@ struct CrashState {
     crash_at: Option<u64>,
     /// Fail syncs with EIO instead of dying (fault injection).
     fail_syncs: bool,
+    /// Total live bytes the "disk" holds; a write past it stores what fits
+    /// and fails with ENOSPC (fault injection).
+    space_bytes: Option<u64>,
 }
 
 /// In-memory crash model of a directory (see the module doc).
@@ -221,6 +224,12 @@ impl CrashStorage {
     /// Makes every later sync fail with EIO (fault injection).
     pub fn fail_syncs(&self) {
         self.lock().fail_syncs = true;
+    }
+
+    /// Limits the live bytes of all files together (None: unlimited);
+    /// writes past the limit store what fits and fail with ENOSPC.
+    pub fn set_space(&self, bytes: Option<u64>) {
+        self.lock().space_bytes = bytes;
     }
 
     /// Mutating operations so far.
@@ -331,6 +340,24 @@ fn crashed() -> io::Error {
 }
 
 impl CrashState {
+    /// How many of `len` bytes written at `offset` of `inode` fit in the
+    /// space limit (overwrites of existing bytes always fit).
+    fn bytes_that_fit(&self, inode: u64, offset: u64, len: usize) -> usize {
+        let Some(space) = self.space_bytes else {
+            return len;
+        };
+        let used: u64 = self
+            .live_names
+            .values()
+            .filter_map(|i| self.files.get(i))
+            .map(|f| f.live.len() as u64)
+            .sum();
+        let current = self.files.get(&inode).map_or(0, |f| f.live.len() as u64);
+        let growth_room = space.saturating_sub(used);
+        let end_allowed = current + growth_room;
+        (end_allowed.saturating_sub(offset) as usize).min(len)
+    }
+
     /// Counts one mutating operation; Err if the process has died.
     fn step(&mut self) -> io::Result<()> {
         let index = self.operations;
@@ -351,12 +378,16 @@ impl StorageFile for CrashFile {
     fn write_at(&mut self, offset: u64, bytes: &[u8]) -> io::Result<()> {
         let mut state = self.storage.lock();
         state.step()?;
+        let fits = state.bytes_that_fit(self.inode, offset, bytes.len());
         let file = state.files.entry(self.inode).or_default();
-        apply_write(&mut file.live, offset, bytes);
+        apply_write(&mut file.live, offset, &bytes[..fits]);
         file.pending.push(Pending::Write {
             offset,
-            data: bytes.to_vec(),
+            data: bytes[..fits].to_vec(),
         });
+        if fits < bytes.len() {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
         Ok(())
     }
 

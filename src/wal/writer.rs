@@ -18,6 +18,25 @@ use crate::wal::segment::{create_segment, SegmentInit};
 use crate::wal::storage::StorageFile;
 use crate::wal::{Appended, Lsn, SegmentId, Shared, WalError, WalPointer};
 
+/// Why a batch was not (wholly) written.
+enum Failure {
+    /// The disk is full: the first `durable` requests are in the log, the
+    /// rest are not, and the WAL stays usable.
+    NoSpace { durable: usize, error: WalError },
+    /// Anything else: the WAL fails (fail-stop).
+    Fatal(WalError),
+}
+
+impl Failure {
+    fn classify(error: WalError, durable: usize) -> Failure {
+        if error.is_no_space() {
+            Failure::NoSpace { durable, error }
+        } else {
+            Failure::Fatal(error)
+        }
+    }
+}
+
 /// One frame to append, with its payload CRC computed by the appender.
 pub(crate) struct Request {
     pub(crate) kind: FrameKind,
@@ -80,7 +99,21 @@ impl Writer {
                     let _ = request.reply.send(Ok(result));
                 }
             }
-            Err(error) => {
+            Err(Failure::NoSpace { durable, error }) => {
+                tracing::warn!(%error, "WAL disk full: refusing this batch, the WAL stays usable");
+                self.shared.metrics.record_batch(durable);
+                let mut results = appended.into_iter().take(durable);
+                for request in batch {
+                    let result = match results.next() {
+                        Some(appended) => Ok(appended),
+                        None => Err(WalError::NoSpace {
+                            reason: error.to_string(),
+                        }),
+                    };
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(Failure::Fatal(error)) => {
                 let reason = error.to_string();
                 tracing::error!(%reason, "WAL failed: no further appends are acknowledged");
                 self.shared.set_failed(&reason);
@@ -94,22 +127,31 @@ impl Writer {
         }
     }
 
+    /// Writes and syncs a batch. On a full disk the part that was not
+    /// synced is cut off the file (durably) and the writer goes on from
+    /// where it was: `durable` requests at the front of the batch are in
+    /// the log, the others are not.
     fn write_batch(
         &mut self,
         batch: &[Request],
         appended: &mut Vec<Appended>,
-    ) -> Result<(), WalError> {
+    ) -> Result<(), Failure> {
         let target = self.shared.config.segment_bytes_target;
         self.buffer.clear();
-        let mut buffer_start = self.offset;
-        for request in batch {
+        let mut part = (self.offset, self.next_lsn);
+        let mut durable = 0;
+        for (index, request) in batch.iter().enumerate() {
             let len = frame_len(request.payload.len()) as u64;
             let has_frames = self.offset > SEGMENT_HEADER_LEN as u64;
             if has_frames && self.offset + len > target {
-                self.write_buffer(buffer_start)?;
-                self.sync()?;
-                self.roll()?;
-                buffer_start = self.offset;
+                if let Err(error) = self.write_buffer(part.0) {
+                    return Err(self.undo(part, durable, appended, error));
+                }
+                self.sync().map_err(Failure::Fatal)?;
+                durable = index;
+                self.roll()
+                    .map_err(|error| Failure::classify(error, durable))?;
+                part = (self.offset, self.next_lsn);
             }
             let header = FrameHeader {
                 kind: request.kind,
@@ -134,8 +176,40 @@ impl Writer {
             self.offset += len;
             self.next_lsn = Lsn(self.next_lsn.0 + 1);
         }
-        self.write_buffer(buffer_start)?;
-        self.sync()
+        if let Err(error) = self.write_buffer(part.0) {
+            return Err(self.undo(part, durable, appended, error));
+        }
+        self.sync().map_err(Failure::Fatal)
+    }
+
+    /// After a failed write: on a full disk, cut the partial write off the
+    /// file and fsync that, so no stale frame can ever follow a frame
+    /// written later at this offset; any other error is fatal.
+    fn undo(
+        &mut self,
+        (offset, lsn): (u64, Lsn),
+        durable: usize,
+        appended: &mut Vec<Appended>,
+        error: WalError,
+    ) -> Failure {
+        self.buffer.clear();
+        if !error.is_no_space() {
+            return Failure::Fatal(error);
+        }
+        let cut = self
+            .active
+            .set_len(offset)
+            .and_then(|()| self.active.sync_data());
+        if let Err(source) = cut {
+            return Failure::Fatal(WalError::Io {
+                context: "cut a failed write off the active segment",
+                source,
+            });
+        }
+        self.offset = offset;
+        self.next_lsn = lsn;
+        appended.truncate(durable);
+        Failure::NoSpace { durable, error }
     }
 
     fn write_buffer(&mut self, at: u64) -> Result<(), WalError> {
@@ -173,14 +247,27 @@ impl Writer {
             SegmentInit::Recycle => self.shared.take_recyclable(),
             SegmentInit::Grow | SegmentInit::ZeroFill => None,
         };
-        let file = create_segment(
+        let file = match create_segment(
             self.shared.storage.as_ref(),
             &header,
             config.segment_init,
             config.segment_bytes_target,
             recycled,
-        )
-        .map_err(WalError::io("create a segment"))?;
+        ) {
+            Ok(file) => file,
+            Err(source) => {
+                // Best effort: a half-made segment has a temporary name that
+                // recovery removes anyway; freeing it now helps a full disk.
+                let _ = self
+                    .shared
+                    .storage
+                    .remove(&crate::wal::segment::temporary_file_name(header.segment_id));
+                return Err(WalError::Io {
+                    context: "create a segment",
+                    source,
+                });
+            }
+        };
         self.active = file;
         self.active_id = header.segment_id;
         self.offset = SEGMENT_HEADER_LEN as u64;
