@@ -23,6 +23,8 @@ pub enum RecordError {
     Command(#[from] prost::DecodeError),
     #[error("data payload Arrow IPC stream: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    #[error("data payload Arrow IPC stream at byte {offset}: {problem}")]
+    Framing { offset: usize, problem: String },
     #[error("data payload says {stated} rows, its batches hold {actual}")]
     RowCount { stated: u64, actual: u64 },
 }
@@ -63,6 +65,7 @@ pub struct Record {
 pub fn decode_record(payload: &[u8]) -> Result<Record, RecordError> {
     let parts = decode_data_payload(payload)?;
     let command = DataSyncCommand::decode(parts.command)?;
+    check_ipc_framing(parts.ipc_stream)?;
     let reader = StreamReader::try_new(Cursor::new(parts.ipc_stream), None)?;
     let schema = reader.schema();
     let batches = reader.collect::<Result<Vec<_>, _>>()?;
@@ -78,6 +81,51 @@ pub fn decode_record(payload: &[u8]) -> Result<Record, RecordError> {
         schema,
         batches,
     })
+}
+
+/// Walks the IPC stream's message framing and checks every length against
+/// the bytes that are there, before arrow-ipc allocates from any of them
+/// (fed junk, its reader allocates whatever a length field says).
+fn check_ipc_framing(stream: &[u8]) -> Result<(), RecordError> {
+    const CONTINUATION: u32 = 0xFFFF_FFFF;
+    let bad = |offset: usize, problem: &str| RecordError::Framing {
+        offset,
+        problem: problem.to_string(),
+    };
+    let read_u32 = |at: usize| -> Option<u32> {
+        let raw: [u8; 4] = stream.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        Some(u32::from_le_bytes(raw))
+    };
+    let mut offset = 0;
+    while offset < stream.len() {
+        let Some(marker) = read_u32(offset) else {
+            return Err(bad(offset, "truncated message length"));
+        };
+        let (metadata_len, metadata_start) = if marker == CONTINUATION {
+            let Some(len) = read_u32(offset + 4) else {
+                return Err(bad(offset, "truncated message length"));
+            };
+            (len, offset + 8)
+        } else {
+            (marker, offset + 4)
+        };
+        if metadata_len == 0 {
+            return Ok(()); // end-of-stream marker
+        }
+        let metadata_end = metadata_start
+            .checked_add(metadata_len as usize)
+            .filter(|end| *end <= stream.len())
+            .ok_or_else(|| bad(offset, "message metadata runs past the end"))?;
+        let message = arrow_ipc::root_as_message(&stream[metadata_start..metadata_end])
+            .map_err(|e| bad(offset, &format!("message metadata: {e}")))?;
+        let body_len = usize::try_from(message.bodyLength())
+            .map_err(|_| bad(offset, "negative body length"))?;
+        offset = metadata_end
+            .checked_add(body_len)
+            .filter(|end| *end <= stream.len())
+            .ok_or_else(|| bad(offset, "message body runs past the end"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -113,6 +113,8 @@ pub enum HeaderError {
     BadHeaderLength { found: u32 },
     #[error("segment header CRC mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     CrcMismatch { stored: u32, computed: u32 },
+    #[error("segment header reserved bytes are not zero")]
+    Reserved,
 }
 
 pub fn encode_segment_header(header: &SegmentHeader) -> [u8; SEGMENT_HEADER_LEN] {
@@ -152,6 +154,12 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, HeaderError>
     let header_len = get_u32(header, HEADER_LEN_OFFSET);
     if header_len as usize != SEGMENT_HEADER_LEN {
         return Err(HeaderError::BadHeaderLength { found: header_len });
+    }
+    if header[RESERVED_OFFSET..HEADER_CRC_OFFSET]
+        .iter()
+        .any(|b| *b != 0)
+    {
+        return Err(HeaderError::Reserved);
     }
     let mut id = [0u8; 16];
     id.copy_from_slice(&header[WAL_ID_OFFSET..SEGMENT_ID_OFFSET]);
@@ -315,14 +323,34 @@ pub fn decode_frame(
     })
 }
 
-/// Cheap pre-check used when scanning past a bad frame: could a frame at
-/// `offset` carry an Lsn in `lsn_range` and a durable Lsn of at least
-/// `durable_at_least`? Only candidates that pass are CRC-checked.
-pub fn peek_lsns(bytes: &[u8], offset: usize) -> Option<(Lsn, Lsn)> {
+/// The header fields of a possible frame at `offset`, if its fixed fields
+/// are plausible: a known kind, zero flags and reserved bytes, a durable Lsn
+/// below its Lsn, and a body that fits in the bytes left. Used when scanning
+/// past a bad frame: only candidates that pass are CRC-checked, so the scan
+/// stays linear over high-entropy bytes.
+pub fn peek_header(bytes: &[u8], offset: usize) -> Option<(FrameHeader, u32)> {
     let header = bytes.get(offset..offset.checked_add(FRAME_HEADER_LEN)?)?;
+    let kind = FrameKind::from_byte(header[KIND_OFFSET])?;
+    if header[FLAGS_OFFSET] != 0 || header[FRAME_RESERVED_OFFSET..LSN_OFFSET] != [0, 0] {
+        return None;
+    }
+    let body_len = get_u32(header, BODY_LEN_OFFSET);
+    let available = bytes.len() - offset - BODY_OFFSET;
+    if (body_len as usize) < BODY_HEADER_LEN || body_len as usize > available {
+        return None;
+    }
+    let lsn = Lsn(get_u64(header, LSN_OFFSET));
+    let durable_lsn = Lsn(get_u64(header, DURABLE_LSN_OFFSET));
+    if durable_lsn >= lsn {
+        return None;
+    }
     Some((
-        Lsn(get_u64(header, LSN_OFFSET)),
-        Lsn(get_u64(header, DURABLE_LSN_OFFSET)),
+        FrameHeader {
+            kind,
+            lsn,
+            durable_lsn,
+        },
+        body_len,
     ))
 }
 

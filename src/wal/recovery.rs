@@ -12,7 +12,7 @@
 //!   Otherwise the bad bytes are a torn write and are erased.
 
 use crate::wal::format::{
-    decode_frame, decode_segment_header, peek_lsns, BadFrame, FrameHeader, HeaderError,
+    decode_frame, decode_segment_header, peek_header, BadFrame, FrameHeader, HeaderError,
     SEGMENT_HEADER_LEN,
 };
 use crate::wal::segment::{classify, segment_file_name, DirEntry};
@@ -258,8 +258,9 @@ fn find_acknowledged_after(
 ) -> Option<usize> {
     let mut offset = from + 1;
     while offset < bytes.len() {
-        // Frames start with a non-zero length: skip runs of zeros quickly.
-        if bytes[offset] == 0 {
+        // A frame's 4-byte length is never zero: skip runs of zeros quickly,
+        // landing on the first place a non-zero length could start.
+        if bytes[offset..].iter().take(4).all(|b| *b == 0) {
             match bytes[offset..].iter().position(|b| *b != 0) {
                 Some(skip) => {
                     offset = (offset + skip).saturating_sub(3).max(offset + 1);
@@ -268,11 +269,12 @@ fn find_acknowledged_after(
                 None => return None,
             }
         }
-        let (lsn, durable) = peek_lsns(bytes, offset)?;
-        if lsn > expected && durable >= expected {
-            if let Ok(frame) = decode_frame(id, bytes, offset, body_len_max) {
-                if frame.header.lsn == lsn {
-                    return Some(offset);
+        if let Some((header, _)) = peek_header(bytes, offset) {
+            if header.lsn > expected && header.durable_lsn >= expected {
+                if let Ok(frame) = decode_frame(id, bytes, offset, body_len_max) {
+                    if frame.header == header {
+                        return Some(offset);
+                    }
                 }
             }
         }
