@@ -379,3 +379,28 @@ async fn transient_get_and_list_failures_while_rewriting_files_are_retried() {
     assert_eq!(node.metric("already_applied"), 0);
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_creation_whose_response_was_lost_is_reused_by_the_retry() {
+    let node = FaultyNode::start("lost-create-response").await;
+    let mut client = node.client().await;
+    let mut model = Model::default();
+
+    node.plan.lose_commit_responses(Times::Next(1));
+    send_acknowledged(
+        &mut client,
+        &mut model,
+        1,
+        &orders((1..=10).map(insert).collect()),
+    )
+    .await;
+    node.wait_durable(1).await;
+
+    assert_eq!(node.plan.lost_responses(), 1);
+    model.assert_table(TABLE, &node.table(), &["id"]).await;
+    assert_eq!(node.version().await, 1, "one creation, one data commit");
+    assert_eq!(node.metric("failures"), 1, "{}", node.context());
+    assert_eq!(node.metric("commits"), 1, "{}", node.context());
+    assert_eq!(node.metric("already_applied"), 0, "{}", node.context());
+    node.stop().await;
+}
