@@ -180,7 +180,16 @@ pub async fn flush_table(node: &Node, key: &str) -> Result<bool, FlushError> {
     // committed before a crash and must not be applied again.
     if let Some(state) = lake::load_state(&location).await.map_err(lake_error)? {
         if let Some(recorded) = state.applied_lsn(&wal_id).await.map_err(lake_error)? {
+            let pending = frames.len();
             frames.retain(|f| f.lsn.0 > recorded);
+            // Counted as apply's AlreadyApplied is: a commit whose response
+            // was lost (or a crash after it) shows up here.
+            let skipped = (pending - frames.len()) as u64;
+            if skipped > 0 {
+                let metrics = &node.flush_metrics;
+                metrics.already_applied.fetch_add(1, Ordering::Relaxed);
+                metrics.frames_flushed.fetch_add(skipped, Ordering::Relaxed);
+            }
             if frames.is_empty() {
                 let durable = node.lock_index().mark_applied(key, Lsn(recorded));
                 node.set_durable(durable).await;

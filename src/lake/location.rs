@@ -94,7 +94,8 @@ fn validate_table_path(path: &str) -> Result<Vec<&str>, LakeError> {
 /// `memory://` stores are process-wide, one per URL authority, so that every
 /// call naming `memory://x/...` sees the same objects; delta-rs alone would
 /// give each call a fresh empty store. They live until the process exits:
-/// meant for tests and development.
+/// meant for tests and development. A `memory://faulty-*` store is wrapped
+/// in a [`FaultyStore`](super::faults::FaultyStore) (a test seam).
 pub(crate) fn log_store(location: &TableLocation) -> Result<LogStoreRef, LakeError> {
     register_s3_handlers();
     let delta_error = |source| LakeError::delta("open", &location.url, source);
@@ -124,8 +125,9 @@ fn memory_root(authority: &str) -> Arc<dyn ObjectStore> {
     let mut stores = stores
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    stores
+    let root = stores
         .entry(authority.to_owned())
         .or_insert_with(|| Arc::new(InMemory::new()))
-        .clone()
+        .clone();
+    super::faults::wrap_memory_root(authority, root)
 }

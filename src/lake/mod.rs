@@ -13,9 +13,13 @@
 //!
 //! Not supported (typed errors, never silent): partitioned tables, column
 //! mapping, deletion vectors on files that must be rewritten.
+//!
+//! [`faults`] is a test seam: a fault-injecting object store behind
+//! `memory://faulty-*` roots.
 
 mod apply;
 mod error;
+pub mod faults;
 mod location;
 mod merge;
 mod prune;
