@@ -288,3 +288,45 @@ fn write_golden_v1_wal() {
         }
     }
 }
+
+/// The worked example of `wal-format.md`: frame Lsn 5 of the golden WAL, an
+/// abort in segment 2, byte for byte, and segment 2's header.
+#[test]
+fn the_worked_example_in_wal_format_md_matches_the_encoder() {
+    use flightlog::wal::format::{encode_frame, encode_segment_header, FrameHeader, SegmentHeader};
+    let abort = Abort {
+        origin: "o2".to_string(),
+        first_lsn: 4,
+        last_lsn: 4,
+    };
+    let header = FrameHeader {
+        kind: FrameKind::Abort,
+        lsn: Lsn(5),
+        durable_lsn: Lsn(4),
+    };
+    let frame = encode_frame(SegmentId(2), &header, &abort.encode_to_vec());
+    assert_eq!(
+        hex(&frame),
+        "1c000000ed55905303000000050000000000000004000000000000000a026f3210041804"
+    );
+    let segment = encode_segment_header(&SegmentHeader {
+        wal_id: WalId(GOLDEN_WAL_ID),
+        segment_id: SegmentId(2),
+        first_lsn: Lsn(4),
+    });
+    assert_eq!(
+        hex(&segment),
+        "464c544c4757414c0100000040000000936b38498e801399b2701c92357b0ff6\
+         0200000000000000\
+         0400000000000000\
+         000000000000000000000000\
+         4943b93e"
+    );
+    let file = std::fs::read(golden_dir().join("00000000000000000002.wal")).expect("segment 2");
+    assert_eq!(&file[..64], &segment[..]);
+    assert_eq!(&file[778..778 + frame.len()], &frame[..]);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
