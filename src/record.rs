@@ -3,6 +3,7 @@
 //! Encoding happens on the put path, decoding at flush time and in `wal dump`.
 
 use std::io::Cursor;
+use std::panic::AssertUnwindSafe;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
@@ -23,6 +24,8 @@ pub enum RecordError {
     Command(#[from] prost::DecodeError),
     #[error("data payload Arrow IPC stream: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    #[error("data payload Arrow IPC stream is malformed (the Arrow reader refused it)")]
+    Malformed,
     #[error("data payload Arrow IPC stream at byte {offset}: {problem}")]
     Framing { offset: usize, problem: String },
     #[error("data payload says {stated} rows, its batches hold {actual}")]
@@ -66,9 +69,17 @@ pub fn decode_record(payload: &[u8]) -> Result<Record, RecordError> {
     let parts = decode_data_payload(payload)?;
     let command = DataSyncCommand::decode(parts.command)?;
     check_ipc_framing(parts.ipc_stream)?;
-    let reader = StreamReader::try_new(Cursor::new(parts.ipc_stream), None)?;
-    let schema = reader.schema();
-    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    // arrow-ipc 59 panics on some malformed metadata (unimplemented types,
+    // unwraps, out-of-range slices) instead of returning an error. Frames are
+    // CRC-checked, so this takes a frame from a buggy or hostile writer; it
+    // must still not take the flush path or `wal dump` down.
+    let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let reader = StreamReader::try_new(Cursor::new(parts.ipc_stream), None)?;
+        let schema = reader.schema();
+        let batches = reader.collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, arrow::error::ArrowError>((schema, batches))
+    }));
+    let (schema, batches) = decoded.map_err(|_| RecordError::Malformed)??;
     let actual: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
     if actual != parts.rows {
         return Err(RecordError::RowCount {

@@ -56,6 +56,8 @@ pub const FRAME_HEADER_LEN: usize = DURABLE_LSN_OFFSET + size_of::<u64>();
 const _: () = assert!(FRAME_HEADER_LEN == 28);
 /// Body bytes that precede the payload (kind .. durable Lsn).
 const BODY_HEADER_LEN: usize = FRAME_HEADER_LEN - BODY_OFFSET;
+/// Header bytes outside the body (length and CRC fields).
+pub const BODY_LEN_FIELDS_BEFORE_BODY: u64 = BODY_OFFSET as u64;
 
 /// Hard ceiling on a frame's body, whatever the configuration: a length field
 /// above it is garbage, not a large frame.

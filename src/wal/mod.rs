@@ -454,7 +454,7 @@ impl Wal {
         kind: FrameKind,
         payload: Vec<u8>,
     ) -> Result<impl std::future::Future<Output = Result<Appended, WalError>>, WalError> {
-        let max = self.shared.config.frame_bytes_max;
+        let max = self.frame_payload_max();
         if payload.len() as u64 > max {
             return Err(WalError::FrameTooLarge {
                 len: payload.len() as u64,
@@ -482,6 +482,14 @@ impl Wal {
             .await
             .map_err(|_| WalError::Closed)?;
         Ok(async move { answer.await.map_err(|_| WalError::Closed)? })
+    }
+
+    /// Largest payload `append` accepts: the configured limit, capped so the
+    /// frame's body length fits the format's ceiling.
+    pub fn frame_payload_max(&self) -> u64 {
+        let ceiling = format::FRAME_BODY_LEN_CEILING
+            - (format::FRAME_HEADER_LEN as u64 - format::BODY_LEN_FIELDS_BEFORE_BODY);
+        self.shared.config.frame_bytes_max.min(ceiling)
     }
 
     /// Highest Lsn known durable; changes are announced on the receiver.
