@@ -76,15 +76,7 @@ impl Index {
     ) {
         let mut tables = HashMap::new();
         for (target, frame) in frames {
-            let table = self
-                .tables
-                .entry(target.key.clone())
-                .or_insert_with(|| TablePending {
-                    target: target.clone(),
-                    frames: BTreeMap::new(),
-                    bytes: 0,
-                    applied_lsn: Lsn(0),
-                });
+            let table = Self::table_entry(&mut self.tables, &target);
             if frame.lsn <= table.applied_lsn {
                 continue;
             }
@@ -134,19 +126,18 @@ impl Index {
         durable
     }
 
-    /// Sets a table's applied Lsn at recovery (from a checkpoint or the
-    /// table's own commit marker) before frames are added.
-    pub fn set_applied(&mut self, target: &TableTarget, lsn: Lsn) {
-        let table = self
-            .tables
+    fn table_entry<'a>(
+        tables: &'a mut HashMap<TableKey, TablePending>,
+        target: &TableTarget,
+    ) -> &'a mut TablePending {
+        tables
             .entry(target.key.clone())
             .or_insert_with(|| TablePending {
                 target: target.clone(),
                 frames: BTreeMap::new(),
                 bytes: 0,
                 applied_lsn: Lsn(0),
-            });
-        table.applied_lsn = table.applied_lsn.max(lsn);
+            })
     }
 
     pub fn pending_bytes(&self) -> u64 {
@@ -240,7 +231,8 @@ mod tests {
     #[test]
     fn frames_at_or_below_the_applied_lsn_are_not_pending() {
         let mut index = Index::default();
-        index.set_applied(&target("t"), Lsn(5));
+        index.add_transaction("a", 0, vec![(target("t"), frame(5))]);
+        assert_eq!(index.mark_applied("t", Lsn(5)), vec![("a".to_string(), 0)]);
         index.add_transaction(
             "a",
             1,

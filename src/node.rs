@@ -262,14 +262,7 @@ impl Node {
                 let (Some(first), Some(last)) = (open.frames.first(), open.frames.last()) else {
                     continue;
                 };
-                let abort = Abort {
-                    origin: name.clone(),
-                    first_lsn: first.1.lsn.0,
-                    last_lsn: last.1.lsn.0,
-                };
-                self.wal
-                    .append(FrameKind::Abort, abort.encode_to_vec())
-                    .await?;
+                self.write_abort(name, first.1.lsn, last.1.lsn).await?;
                 aborted += 1;
             }
         }
@@ -474,14 +467,7 @@ impl Node {
     /// Writes the abort markers owed for failed messages of this origin.
     async fn abort_orphans(&self, name: &str, origin: &mut OriginState) -> Result<(), NodeError> {
         while let Some((first, last)) = origin.orphans.first().copied() {
-            let abort = Abort {
-                origin: name.to_string(),
-                first_lsn: first.0,
-                last_lsn: last.0,
-            };
-            self.wal
-                .append(FrameKind::Abort, abort.encode_to_vec())
-                .await?;
+            self.write_abort(name, first, last).await?;
             origin.orphans.remove(0);
         }
         Ok(())
@@ -511,15 +497,23 @@ impl Node {
             self.release(&target.key, frame.lsn);
         }
         if let (Some(first), Some(last)) = (open.frames.first(), open.frames.last()) {
-            let abort = Abort {
-                origin: name.to_string(),
-                first_lsn: first.1.lsn.0,
-                last_lsn: last.1.lsn.0,
-            };
-            self.wal
-                .append(FrameKind::Abort, abort.encode_to_vec())
-                .await?;
+            self.write_abort(name, first.1.lsn, last.1.lsn).await?;
         }
+        Ok(())
+    }
+
+    /// Appends an abort marker: the origin's frames with Lsns in
+    /// `first..=last` that no sequence-carrying frame closed are discarded,
+    /// now and at every later recovery.
+    async fn write_abort(&self, origin: &str, first: Lsn, last: Lsn) -> Result<(), NodeError> {
+        let abort = Abort {
+            origin: origin.to_string(),
+            first_lsn: first.0,
+            last_lsn: last.0,
+        };
+        self.wal
+            .append(FrameKind::Abort, abort.encode_to_vec())
+            .await?;
         Ok(())
     }
 
