@@ -178,8 +178,38 @@ impl Node {
             shutting_down: AtomicBool::new(false),
             flush_metrics: FlushMetrics::default(),
         });
-        let state = node.recover(recovery).await?;
+        let mut state = node.recover(recovery).await?;
+        node.reconcile_with_store().await;
+        state.pending_frames = node.lock_index().pending_frames();
         Ok((node, state))
+    }
+
+    /// Before serving: every table with pending frames is asked for its
+    /// exactly-once marker, so frames a flush committed just before a crash
+    /// (after the Delta commit, before the checkpoint frame) are dropped and
+    /// the durable sequences are what the store holds: they never go back
+    /// across a restart. A store that cannot be read now is left to the
+    /// flush, which checks the marker again before applying anything.
+    async fn reconcile_with_store(&self) {
+        let tables: Vec<TableTarget> = self
+            .lock_index()
+            .tables()
+            .filter(|t| !t.frames.is_empty())
+            .map(|t| t.target.clone())
+            .collect();
+        let wal_id = self.wal.id().to_string();
+        for target in tables {
+            match applied_lsn_in_store(&target, &wal_id).await {
+                Ok(Some(lsn)) => {
+                    let durable = self.lock_index().mark_applied(&target.key, lsn);
+                    self.set_durable(durable).await;
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(table = %target.key, %error, "cannot read the table's commit marker at start; the flush will check it");
+                }
+            }
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -792,6 +822,24 @@ fn corrupted(frame: &crate::wal::recovery::RecoveredFrame, error: prost::DecodeE
         offset: frame.pointer.offset,
         reason: error.to_string(),
     })
+}
+
+/// The table's exactly-once marker for this WAL, if the table exists.
+async fn applied_lsn_in_store(target: &TableTarget, wal_id: &str) -> Result<Option<Lsn>, String> {
+    let root = url::Url::parse(&target.store_root).map_err(|e| e.to_string())?;
+    let location = crate::lake::table_location(&root, &target.path, target.options.clone())
+        .map_err(|e| e.to_string())?;
+    let Some(state) = crate::lake::load_state(&location)
+        .await
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    Ok(state
+        .applied_lsn(wal_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .map(Lsn))
 }
 
 fn discard_range(origin: &mut OriginState, first: Lsn, last: Lsn) {

@@ -275,8 +275,14 @@ impl Drop for Node {
     }
 }
 
-fn start(dir: &Path) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flightlog"))
+/// Starts the node; with `failpoint`, it aborts itself when a flush reaches
+/// that point (`FLIGHTLOG_FAILPOINT`).
+fn start(dir: &Path, failpoint: Option<&str>) -> Node {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_flightlog"));
+    if let Some(point) = failpoint {
+        command.env("FLIGHTLOG_FAILPOINT", point);
+    }
+    let mut child = command
         .args([
             "serve",
             "--listen",
@@ -374,8 +380,53 @@ fn observe(seen: &mut Seen, response: &DataSyncResponse, seed: u64) {
     seen.durable = durable;
 }
 
+fn verify_wal(data: &Path, seed: u64) {
+    let verify = Command::new(env!("CARGO_BIN_EXE_flightlog"))
+        .args(["wal", "verify"])
+        .arg(data.join("wal"))
+        .output()
+        .expect("wal verify");
+    assert!(
+        verify.status.success(),
+        "seed {seed}: wal verify after a kill: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+/// Reconnects as a CDC client: every origin's next transaction is the one
+/// after the last acknowledged, resent from its first message. Checks that
+/// the node kept every acknowledged transaction and says `first`.
+async fn resync(
+    client: &mut FlightClient,
+    transactions: &[Vec<Transaction>],
+    seen: &mut [Seen],
+    cursor: &mut [(usize, usize)],
+    seed: u64,
+) -> Result<(), String> {
+    for origin in 0..ORIGINS {
+        let probe = put(client, &format!("origin-{origin}"), None, None).await?;
+        assert!(
+            probe.first,
+            "seed {seed}: first answer after restart must say first"
+        );
+        observe(&mut seen[origin], &probe, seed);
+        assert!(
+            probe.memory_sequence_number.unwrap_or(0) >= seen[origin].acknowledged,
+            "seed {seed}: an acknowledged transaction was lost"
+        );
+        let next = transactions[origin]
+            .iter()
+            .position(|t| t.sequence > seen[origin].acknowledged)
+            .unwrap_or(transactions[origin].len());
+        cursor[origin] = (next, 0);
+    }
+    Ok(())
+}
+
 #[derive(Debug, Default)]
 struct Outcome {
+    /// Deaths at a flush crash point (counted in `kills` too).
+    crash_points: u64,
     kills: u64,
     transactions: u64,
     rows: u64,
@@ -398,7 +449,8 @@ fn run_seed(seed: u64) -> Outcome {
     };
     let mut outcome = Outcome::default();
     rt.block_on(async {
-        let mut node = start(&data);
+        let mut armed: Option<&'static str> = None;
+        let mut node = start(&data, armed);
         let mut client = connect(&node.address).await;
         let mut seen = [Seen::default(); ORIGINS];
         // Per origin: next transaction and next message to send.
@@ -453,49 +505,47 @@ fn run_seed(seed: u64) -> Outcome {
                     }
                 }
                 Ok(_) => {} // overloaded: resend the same message
-                Err(error) if kill_now => eprintln!("torture: put cut by the kill: {error}"),
+                Err(error) if kill_now || armed.is_some() => {
+                    eprintln!("torture: put cut by a kill or crash point: {error}")
+                }
                 Err(error) => panic!("seed {seed}: put failed on a live node: {error}"),
             }
-            if kill_now {
-                kill_index += 1;
-                let _ = node.child.kill();
-                node.child.wait().expect("reap");
+            let crashed = armed.is_some() && matches!(node.child.try_wait(), Ok(Some(_)));
+            if kill_now || crashed {
+                if kill_now {
+                    kill_index += 1;
+                } else {
+                    outcome.crash_points += 1;
+                }
                 outcome.kills += 1;
-                let verify = Command::new(env!("CARGO_BIN_EXE_flightlog"))
-                    .args(["wal", "verify"])
-                    .arg(data.join("wal"))
-                    .output()
-                    .expect("wal verify");
-                assert!(
-                    verify.status.success(),
-                    "seed {seed}: wal verify after kill {}: {}",
-                    outcome.kills,
-                    String::from_utf8_lossy(&verify.stdout)
-                );
-                node = start(&data);
-                client = connect(&node.address).await;
-                // Reconnect as a CDC client: resend every transaction after the
-                // last acknowledged one, from its first message.
-                for origin in 0..ORIGINS {
-                    let probe = put(&mut client, &format!("origin-{origin}"), None, None)
-                        .await
-                        .expect("probe");
-                    assert!(
-                        probe.first,
-                        "seed {seed}: first answer after restart must say first"
-                    );
-                    observe(&mut seen[origin], &probe, seed);
-                    assert!(
-                        probe.memory_sequence_number.unwrap_or(0) >= seen[origin].acknowledged,
-                        "seed {seed}: an acknowledged transaction was lost"
-                    );
-                    let next = transactions[origin]
-                        .iter()
-                        .position(|t| t.sequence > seen[origin].acknowledged)
-                        .unwrap_or(transactions[origin].len());
-                    cursor[origin] = (next, 0);
+                // A third of the restarts arm a flush crash point, so the
+                // next death lands inside a flush or truncation.
+                armed = (rng.below(3) == 0)
+                    .then(|| flightlog::failpoint::POINTS[rng.below(3) as usize]);
+                loop {
+                    drop(node);
+                    verify_wal(&data, seed);
+                    node = start(&data, armed);
+                    client = connect(&node.address).await;
+                    match resync(&mut client, &transactions, &mut seen, &mut cursor, seed).await {
+                        Ok(()) => break,
+                        Err(error) if armed.is_some() => {
+                            eprintln!("torture: died at a crash point while reconnecting: {error}");
+                            outcome.kills += 1;
+                            outcome.crash_points += 1;
+                        }
+                        Err(error) => panic!("seed {seed}: probe after restart failed: {error}"),
+                    }
                 }
             }
+        }
+        if armed.is_some() {
+            drop(node);
+            node = start(&data, None);
+            client = connect(&node.address).await;
+            resync(&mut client, &transactions, &mut seen, &mut cursor, seed)
+                .await
+                .expect("resync");
         }
         // Everything acknowledged must become durable, then match the model.
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -591,13 +641,15 @@ fn acknowledged_transactions_survive_sigkill_exactly_once() {
         eprintln!("torture: seed {seed} (replay: FLIGHTLOG_TORTURE_SEED={seed} FLIGHTLOG_TORTURE_ITERATIONS=1 cargo test --test torture)");
         let outcome = run_seed(seed);
         total.kills += outcome.kills;
+        total.crash_points += outcome.crash_points;
         total.transactions += outcome.transactions;
         total.rows += outcome.rows;
     }
     eprintln!(
-        "torture: seeds {first_seed}..{} ({iterations} runs): {} kills survived, {} transactions and {} final rows verified",
+        "torture: seeds {first_seed}..{} ({iterations} runs): {} kills survived ({} at flush crash points), {} transactions and {} final rows verified",
         first_seed + iterations - 1,
         total.kills,
+        total.crash_points,
         total.transactions,
         total.rows
     );
