@@ -377,6 +377,27 @@ impl ServeProcess {
         connect(self.addr).await
     }
 
+    /// Graceful stop: SIGTERM, then wait (bounded) for the exit status.
+    #[allow(dead_code)]
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the node") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node did not stop after SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Crash: SIGKILL, then reap. Nothing of the node's shutdown path runs.
     pub fn kill(mut self) {
         self.child.kill().expect("SIGKILL the node");
