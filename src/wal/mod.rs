@@ -199,6 +199,12 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     durable: watch::Sender<Lsn>,
     pub(crate) metrics: WalMetrics,
+    /// A spare segment is being prepared (at most one at a time).
+    preparing: std::sync::atomic::AtomicBool,
+    /// The thread preparing it, joined by `close`.
+    spare_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Numbers spare files (unique within this directory: seeded at open).
+    spares: AtomicU64,
     /// Held for the life of the WAL: one process per directory.
     _lock: Option<std::fs::File>,
 }
@@ -244,6 +250,44 @@ impl Shared {
 
     fn take_recyclable(&self) -> Option<String> {
         self.state().recyclable.pop()
+    }
+
+    /// Keeps one zero-filled spare in the pool (ZeroFill and Recycle), made
+    /// by a background thread, so that a segment roll renames a ready file
+    /// instead of writing a whole segment of zeros on the writer thread.
+    fn prepare_spare(shared: &Arc<Shared>) {
+        if shared.config.segment_init == SegmentInit::Grow
+            || !shared.state().recyclable.is_empty()
+            || shared.preparing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let n = shared.spares.fetch_add(1, Ordering::Relaxed);
+        let worker = shared.clone();
+        let started = std::thread::Builder::new()
+            .name("wal-spare".to_string())
+            .spawn(move || {
+                let len = worker.config.segment_bytes_target;
+                match segment::create_spare(worker.storage.as_ref(), n, len) {
+                    Ok(name) => worker.state().recyclable.push(name),
+                    Err(error) => tracing::warn!(%error, "cannot prepare a spare WAL segment; the next roll zero-fills inline"),
+                }
+                worker.preparing.store(false, Ordering::Release);
+            });
+        match started {
+            Ok(handle) => {
+                let previous = shared
+                    .spare_thread
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .replace(handle);
+                // The previous preparer has finished (`preparing` was false).
+                if let Some(previous) = previous {
+                    let _ = previous.join();
+                }
+            }
+            Err(_) => shared.preparing.store(false, Ordering::Release),
+        }
     }
 }
 
@@ -388,6 +432,9 @@ impl Wal {
             }),
             durable,
             metrics: WalMetrics::default(),
+            preparing: std::sync::atomic::AtomicBool::new(false),
+            spare_thread: Mutex::new(None),
+            spares: AtomicU64::new(spare_seed(&scan.recyclable)),
             config,
             _lock: lock,
         });
@@ -406,6 +453,7 @@ impl Wal {
             .name("wal-writer".to_string())
             .spawn(move || writer.run(receiver))
             .map_err(WalError::io("start the WAL writer thread"))?;
+        Shared::prepare_spare(&shared);
         let recovery = Recovery {
             wal_id,
             created,
@@ -649,7 +697,30 @@ impl Wal {
             // The writer does not panic; if it did, there is nothing to add.
             let _ = thread.join();
         }
+        let spare = self
+            .shared
+            .spare_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(spare) = spare {
+            let _ = spare.join();
+        }
     }
+}
+
+/// The first spare number not used by a spare already in the pool.
+fn spare_seed(recyclable: &[String]) -> u64 {
+    recyclable
+        .iter()
+        .filter_map(|name| {
+            name.strip_prefix("recycle-spare-")?
+                .strip_suffix(".wal")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max()
+        .map_or(0, |n| n + 1)
 }
 
 fn lock_dir(dir: &Path) -> Result<std::fs::File, WalError> {
@@ -676,9 +747,11 @@ fn lock_dir(dir: &Path) -> Result<std::fs::File, WalError> {
 /// follow a frame written after this restart.
 fn repair(storage: &dyn Storage, scan: &Scan) -> Result<(), WalError> {
     for name in &scan.temporary {
-        storage
-            .remove(name)
-            .map_err(WalError::io("remove an unfinished segment"))?;
+        match storage.remove(name) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(WalError::io("remove an unfinished segment")(error)),
+        }
     }
     if !scan.temporary.is_empty() {
         storage

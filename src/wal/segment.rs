@@ -66,6 +66,30 @@ pub fn temporary_file_name(id: SegmentId) -> String {
     format!("{}{TEMP_SUFFIX}", segment_file_name(id))
 }
 
+/// A spare file zero-filled ahead of need, named like a recycled segment
+/// (`recycle-spare-<n>.wal`) so recovery keeps it in the pool.
+pub fn spare_file_name(n: u64) -> String {
+    format!("{RECYCLE_PREFIX}spare-{n:020}{SEGMENT_SUFFIX}")
+}
+
+/// Creates a zero-filled spare durably (temporary name, fdatasync, rename,
+/// directory fsync) and returns its name.
+pub fn create_spare(storage: &dyn Storage, n: u64, len: u64) -> io::Result<String> {
+    let name = spare_file_name(n);
+    let temp = format!("{name}{TEMP_SUFFIX}");
+    let result = (|| {
+        let mut file = storage.create(&temp)?;
+        zero_fill(file.as_mut(), len)?;
+        file.sync_data()?;
+        storage.rename(&temp, &name)?;
+        storage.sync_dir()
+    })();
+    if result.is_err() {
+        let _ = storage.remove(&temp);
+    }
+    result.map(|()| name)
+}
+
 /// The pool name a truncated segment's file is renamed to.
 pub fn recycle_file_name(id: SegmentId) -> String {
     format!("{RECYCLE_PREFIX}{:020}{SEGMENT_SUFFIX}", id.0)
@@ -104,7 +128,7 @@ pub fn create_segment(
     Ok(file)
 }
 
-fn zero_fill(file: &mut dyn StorageFile, len: u64) -> io::Result<()> {
+pub(crate) fn zero_fill(file: &mut dyn StorageFile, len: u64) -> io::Result<()> {
     const CHUNK: usize = 1 << 20;
     let zeros = vec![0u8; CHUNK];
     let mut offset = SEGMENT_HEADER_LEN as u64;

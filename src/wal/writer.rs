@@ -244,8 +244,8 @@ impl Writer {
             first_lsn: self.next_lsn,
         };
         let recycled = match config.segment_init {
-            SegmentInit::Recycle => self.shared.take_recyclable(),
-            SegmentInit::Grow | SegmentInit::ZeroFill => None,
+            SegmentInit::Recycle | SegmentInit::ZeroFill => self.shared.take_recyclable(),
+            SegmentInit::Grow => None,
         };
         let file = match create_segment(
             self.shared.storage.as_ref(),
@@ -273,6 +273,7 @@ impl Writer {
         self.offset = SEGMENT_HEADER_LEN as u64;
         self.shared
             .segment_created(header.segment_id, header.first_lsn);
+        Shared::prepare_spare(&self.shared);
         Ok(())
     }
 }
