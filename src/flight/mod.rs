@@ -110,6 +110,42 @@ fn stream_error(error: FlightError, limit: u64) -> NodeError {
     }
 }
 
+/// arrow-ipc slices a batch's buffers out of the message body without
+/// checking that they fit, and panics on a body cut short; so every buffer
+/// the IPC header names is checked against the body first. A header that is
+/// not a valid IPC message is left to the decoder, which reports it.
+fn check_body_bounds(data: &FlightData) -> Result<(), FlightError> {
+    use arrow_ipc::MessageHeader;
+    let Ok(message) = arrow_ipc::root_as_message(&data.data_header) else {
+        return Ok(());
+    };
+    let batch = match message.header_type() {
+        MessageHeader::RecordBatch => message.header_as_record_batch(),
+        MessageHeader::DictionaryBatch => message
+            .header_as_dictionary_batch()
+            .and_then(|dictionary| dictionary.data()),
+        _ => None,
+    };
+    let Some(buffers) = batch.and_then(|batch| batch.buffers()) else {
+        return Ok(());
+    };
+    let body_len = data.data_body.len() as u64;
+    for (index, buffer) in buffers.iter().enumerate() {
+        let end = u64::try_from(buffer.offset())
+            .ok()
+            .zip(u64::try_from(buffer.length()).ok())
+            .and_then(|(offset, length)| offset.checked_add(length));
+        if end.is_none_or(|end| end > body_len) {
+            return Err(FlightError::DecodeError(format!(
+                "IPC buffer {index} (offset {}, length {}) lies outside the {body_len}-byte message body",
+                buffer.offset(),
+                buffer.length()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn unimplemented<T>(method: &str) -> Result<T, Status> {
     Err(Status::unimplemented(format!(
         "{method} is not supported: flightlog only ingests through do_put"
@@ -146,7 +182,8 @@ impl FlightService for SyncService {
         })?;
         let command = decode_command(first.flight_descriptor.as_ref())?;
         let flight_data = futures::stream::once(async move { Ok(first) })
-            .chain(stream.map(|item| item.map_err(FlightError::from)));
+            .chain(stream.map(|item| item.map_err(FlightError::from)))
+            .map(|item| item.and_then(|data| check_body_bounds(&data).map(|()| data)));
         let items = FlightDataDecoder::new(flight_data).filter_map(|decoded| async move {
             match decoded {
                 Ok(data) => match data.payload {

@@ -30,7 +30,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, Int64Array, StringArray};
+use arrow::array::{Array, ArrayRef, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -319,13 +319,29 @@ impl ServeProcess {
     /// Starts `flightlog serve --listen 127.0.0.1:0 --data-dir <data_dir>
     /// <extra_args>` and waits for its start line.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> ServeProcess {
+        Self::start_wrapped(&[], data_dir, extra_args)
+    }
+
+    /// Like [`ServeProcess::start`], with the node run under `wrapper`
+    /// (a program and its arguments, e.g. `strace ... --`). The wrapper
+    /// must pass stdout through and exit when the node exits; [`Self::pid`]
+    /// is then the wrapper's, and [`Self::node_pid`] the node's.
+    pub fn start_wrapped(wrapper: &[&str], data_dir: &Path, extra_args: &[&str]) -> ServeProcess {
         let log_path = data_dir.with_extension("stderr.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .expect("open the node's log file");
-        let mut child = Command::new(binary())
+        let mut command = match wrapper.split_first() {
+            Some((program, arguments)) => {
+                let mut command = Command::new(program);
+                command.args(arguments).arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra_args)
@@ -398,15 +414,54 @@ impl ServeProcess {
         }
     }
 
+    /// The process spawned (the node, or its wrapper).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The node's own pid: the spawned process, or its only child when it
+    /// runs under a wrapper.
+    pub fn node_pid(&self) -> u32 {
+        let pid = self.child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        match children.split_whitespace().next() {
+            Some(child) => child.parse().expect("a pid in /proc/<pid>/children"),
+            None => pid,
+        }
+    }
+
+    /// The node's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
     /// Crash: SIGKILL, then reap. Nothing of the node's shutdown path runs.
+    /// Under a wrapper the node is killed and the wrapper reaped.
     pub fn kill(mut self) {
-        self.child.kill().expect("SIGKILL the node");
+        let node = self.node_pid();
+        if node == self.child.id() {
+            self.child.kill().expect("SIGKILL the node");
+        } else {
+            let status = Command::new("kill")
+                .args(["-KILL", &node.to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill -KILL {node} failed");
+        }
         self.child.wait().expect("reap the node");
     }
 }
 
 impl Drop for ServeProcess {
     fn drop(&mut self) {
+        // Under a wrapper, the node first: a killed tracer leaves it running.
+        let node = self.node_pid();
+        if node != self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &node.to_string()])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -476,4 +531,43 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+// ---------------------------------------------------------------------------
+// The Delta table
+// ---------------------------------------------------------------------------
+
+/// Every row of the key/value table at `path` under the store root
+/// `<data_dir>/lake` (the node's default store), as `(id, value)`, sorted.
+/// Duplicates are kept, so a change applied twice shows.
+pub async fn table_rows(data_dir: &Path, path: &str) -> Vec<(i64, Option<String>)> {
+    let lake = std::path::absolute(data_dir.join("lake")).expect("absolute lake path");
+    let root = url::Url::from_directory_path(&lake).expect("a file URL for the lake");
+    let location = flightlog::lake::table_location(&root, path, Default::default())
+        .expect("a valid table location");
+    let batches = flightlog::lake::read_table(&location)
+        .await
+        .expect("read the Delta table");
+    let mut rows = Vec::new();
+    for batch in batches {
+        let ids = batch
+            .column_by_name("id")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .expect("an Int64 id column");
+        let values = arrow::compute::cast(
+            batch.column_by_name("value").expect("a value column"),
+            &DataType::Utf8,
+        )
+        .expect("value casts to Utf8");
+        let values = values
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("Utf8 after the cast");
+        for row in 0..batch.num_rows() {
+            let value = (!values.is_null(row)).then(|| values.value(row).to_string());
+            rows.push((ids.value(row), value));
+        }
+    }
+    rows.sort();
+    rows
 }

@@ -1,0 +1,443 @@
+//! Clients that misbehave, against the real binary (and an in-process node
+//! where only the status code matters). A client that drops its connection
+//! in the middle of a message must leave nothing of that message applied,
+//! now or after a restart (its frames already in the WAL get an abort
+//! frame), and must not hold up its origin. A Flight stream whose IPC bytes
+//! are cut or garbage, or a descriptor holding a truncated protobuf, is
+//! `InvalidArgument` and writes nothing. Thousands of one-row transactions
+//! from concurrent clients are all acknowledged with the right sequence
+//! numbers while a probe still gets answers, and land in the table exactly
+//! once. Connections that open a `do_put` and never send anything do not
+//! stop another client's puts.
+
+mod common;
+
+use std::path::Path;
+use std::time::Instant;
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::{Action, FlightClient, FlightData, FlightDescriptor};
+use bytes::Bytes;
+use futures::{SinkExt, TryStreamExt};
+use prost::Message;
+use tonic::Code;
+
+use common::*;
+use flightlog::flight::Any;
+use flightlog::proto::sync::DataSyncCommand;
+
+const TABLE: &str = "t";
+const NO_FLUSH: [&str; 2] = ["--max-lag-ms", "3600000"];
+
+fn expected_rows(ids: impl IntoIterator<Item = i64>) -> Vec<(i64, Option<String>)> {
+    let mut rows: Vec<_> = ids
+        .into_iter()
+        .map(|id| (id, Some(format!("v{id}"))))
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Probes until `origin`'s `sequence` is committed to the table store
+/// (bounded by [`DEADLINE`]).
+async fn wait_durable(client: &mut FlightClient, origin: &str, sequence: u64) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let numbers = probe(client, TABLE, origin).await;
+        if numbers.durable_sequence_number >= Some(sequence) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {origin}/{sequence} to be durable: {numbers:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `(first, last)` Lsn of each data frame of `origin` carrying rows, and
+/// the Lsn ranges of its abort frames.
+fn frames_of_origin(data: &Path, origin: &str) -> (Vec<u64>, Vec<(u64, u64)>) {
+    let dump = wal_dump(data);
+    let data_frames = frames_of_kind(&dump, "data")
+        .into_iter()
+        .filter(|f| f["origin"] == origin && f["rows"].as_u64().is_some_and(|r| r > 0))
+        .map(|f| f["lsn"].as_u64().expect("lsn"))
+        .collect();
+    let aborts = frames_of_kind(&dump, "abort")
+        .into_iter()
+        .filter(|f| f["origin"] == origin)
+        .map(|f| {
+            let lsns = &f["aborted_lsns"];
+            (
+                lsns[0].as_u64().expect("first"),
+                lsns[1].as_u64().expect("last"),
+            )
+        })
+        .collect();
+    (data_frames, aborts)
+}
+
+/// A TCP proxy in front of the node for one client connection, whose
+/// connection can be cut at once in both directions.
+struct CuttableProxy {
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    async fn start(node: std::net::SocketAddr) -> CuttableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let task = tokio::spawn(async move {
+            let (mut client, _) = listener.accept().await.expect("the client connects");
+            let mut upstream = tokio::net::TcpStream::connect(node)
+                .await
+                .expect("connect to the node");
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        });
+        CuttableProxy { addr, task }
+    }
+
+    /// Drops both sockets: the node and the client see the connection end.
+    async fn cut(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_cutting_the_connection_mid_message_leaves_nothing_applied() {
+    const ORIGIN: &str = "dropper";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // Small frames: every batch of the message is written (and fsynced)
+    // as it arrives, before the message ends.
+    let node = ServeProcess::start(
+        &data,
+        &[NO_FLUSH[0], NO_FLUSH[1], "--frame-bytes-target", "1024"],
+    );
+
+    let (mut batches, batch_stream) = futures::channel::mpsc::channel::<Result<_, FlightError>>(4);
+    let command = command(TABLE, ORIGIN, Some(1));
+    let flight_data = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(FlightDescriptor::new_cmd(command_bytes(
+            &command,
+            BARE_TYPE_URL,
+        ))))
+        .with_schema(key_value_schema())
+        .build(batch_stream);
+    let proxy = CuttableProxy::start(node.addr).await;
+    let mut dropping_client = connect(proxy.addr).await;
+    let put_task = tokio::spawn(async move {
+        let responses = dropping_client.do_put(flight_data).await?;
+        responses.try_collect::<Vec<_>>().await
+    });
+    for part in 0..3 {
+        let start = part * 100;
+        batches
+            .send(Ok(inserts(start..start + 100)))
+            .await
+            .expect("the put is still reading");
+    }
+    poll_until("the message's first frames are in the WAL", || {
+        let data = data.clone();
+        async move { (frames_of_origin(&data, ORIGIN).0.len() == 3).then_some(()) }
+    })
+    .await;
+
+    // The connection is cut mid-message (the client's host died), with
+    // batches left to send: the stream never ends cleanly.
+    proxy.cut().await;
+    let outcome = put_task.await.expect("the put task ends");
+    assert!(
+        outcome.is_err(),
+        "the put fails for the client: {outcome:?}"
+    );
+
+    let (written, aborts) = poll_until("an abort frame covering the dropped message", || {
+        let data = data.clone();
+        async move {
+            let (written, aborts) = frames_of_origin(&data, ORIGIN);
+            let covered = written.iter().all(|lsn| {
+                aborts
+                    .iter()
+                    .any(|(first, last)| (first..=last).contains(&lsn))
+            });
+            covered.then_some((written, aborts))
+        }
+    })
+    .await;
+    assert_eq!(written.len(), 3, "{aborts:?}");
+
+    // The node is up and the origin's next transaction works.
+    let mut client = node.client().await;
+    let numbers = probe(&mut client, TABLE, ORIGIN).await;
+    assert_eq!(numbers.memory_sequence_number, None);
+    let response = put_inserts(&mut client, &command, 1_000..1_010).await;
+    assert_eq!(response.memory_sequence_number, Some(1));
+    node.kill();
+    let (status, out) = wal_verify(&data);
+    assert!(status.success(), "wal verify failed: {out}");
+
+    // After a restart only the acknowledged transaction is applied.
+    let node = ServeProcess::start(&data, &["--max-lag-ms", "50"]);
+    assert_eq!(node.start_field("aborted_transactions"), "0");
+    let mut client = node.client().await;
+    assert_eq!(
+        probe(&mut client, TABLE, ORIGIN)
+            .await
+            .memory_sequence_number,
+        Some(1)
+    );
+    wait_durable(&mut client, ORIGIN, 1).await;
+    assert_eq!(table_rows(&data, TABLE).await, expected_rows(1_000..1_010));
+    drop(batches);
+}
+
+/// Descriptor + schema + one batch, as a client encodes them.
+async fn encoded_put(command: &DataSyncCommand) -> Vec<FlightData> {
+    let messages: Vec<FlightData> = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(FlightDescriptor::new_cmd(command_bytes(
+            command,
+            BARE_TYPE_URL,
+        ))))
+        .with_schema(key_value_schema())
+        .build(futures::stream::iter([Ok(inserts(0..100))]))
+        .try_collect()
+        .await
+        .expect("encode a put");
+    assert_eq!(messages.len(), 2, "schema message, then one batch");
+    messages
+}
+
+async fn assert_corrupt_stream_refused(corrupt: impl FnOnce(&mut FlightData)) {
+    let node = InProcessNode::start(|_| {}).await;
+    let mut client = node.client().await;
+    let command = command(TABLE, "corrupt", Some(1));
+    let mut messages = encoded_put(&command).await;
+    corrupt(&mut messages[1]);
+    let status = put_flight_data(&mut client, messages)
+        .await
+        .expect_err("a corrupt batch is refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("arrow stream"), "{status:?}");
+    assert_eq!(node.durable_lsn(), 0, "nothing written");
+    // The node still serves, the same transaction sent intact is accepted.
+    let response = put_inserts(&mut client, &command, 0..100).await;
+    assert_eq!(response.memory_sequence_number, Some(1));
+}
+
+#[tokio::test]
+async fn batch_with_truncated_body_is_invalid_argument() {
+    assert_corrupt_stream_refused(|batch| {
+        let half = batch.data_body.len() / 2;
+        batch.data_body = batch.data_body.slice(..half);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn batch_with_garbage_ipc_header_is_invalid_argument() {
+    assert_corrupt_stream_refused(|batch| {
+        batch.data_header = Bytes::from_static(&[0xde, 0xad, 0xbe, 0xef, 0x01, 0x02, 0x03]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn batch_with_truncated_ipc_header_is_invalid_argument() {
+    assert_corrupt_stream_refused(|batch| {
+        let half = batch.data_header.len() / 2;
+        batch.data_header = batch.data_header.slice(..half);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn any_wrapping_a_truncated_command_is_invalid_argument() {
+    let node = InProcessNode::start(|_| {}).await;
+    let mut client = node.client().await;
+    let encoded = command(TABLE, "truncated", Some(1)).encode_to_vec();
+    // Cut after the `path` field's tag and length, before its bytes.
+    let truncated = encoded[..2].to_vec();
+    assert!(DataSyncCommand::decode(truncated.as_slice()).is_err());
+    let cmd = Any {
+        type_url: BARE_TYPE_URL.into(),
+        value: truncated,
+    }
+    .encode_to_vec();
+    let status = put_raw(
+        &mut client,
+        cmd.into(),
+        key_value_schema(),
+        vec![inserts(0..1)],
+    )
+    .await
+    .expect_err("a truncated command");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("flight_descriptor.cmd.value"),
+        "{status:?}"
+    );
+    assert_eq!(node.durable_lsn(), 0);
+}
+
+#[tokio::test]
+async fn truncated_any_is_invalid_argument() {
+    let node = InProcessNode::start(|_| {}).await;
+    let mut client = node.client().await;
+    let any = command_bytes(&command(TABLE, "truncated", Some(1)), BARE_TYPE_URL);
+    let cut = any.slice(..any.len() - 5);
+    let status = put_raw(&mut client, cut, key_value_schema(), vec![inserts(0..1)])
+        .await
+        .expect_err("a truncated Any");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("flight_descriptor.cmd"),
+        "{status:?}"
+    );
+    assert_eq!(node.durable_lsn(), 0);
+}
+
+async fn metrics(client: &mut FlightClient) -> serde_json::Value {
+    let bodies: Vec<Bytes> = client
+        .do_action(Action::new("metrics", ""))
+        .await
+        .expect("metrics action")
+        .try_collect()
+        .await
+        .expect("metrics body");
+    serde_json::from_slice(&bodies[0]).expect("metrics are JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_tiny_transactions_are_all_acknowledged_and_flushed_once() {
+    const CLIENTS: u64 = 8;
+    const TRANSACTIONS: u64 = 375;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let node = ServeProcess::start(&data, &["--max-lag-ms", "200"]);
+    let id = |client: u64, sequence: u64| (client * 10_000 + sequence) as i64;
+
+    let (done, mut load_finished) = tokio::sync::watch::channel(false);
+    let mut prober = node.client().await;
+    let probes = tokio::spawn(async move {
+        let mut answered = 0u64;
+        // At least one probe, then as many as the load lasts.
+        loop {
+            probe(&mut prober, TABLE, "prober").await;
+            answered += 1;
+            if *load_finished.borrow_and_update() {
+                return answered;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for client_index in 0..CLIENTS {
+        let mut client = node.client().await;
+        clients.push(tokio::spawn(async move {
+            let origin = format!("tiny-{client_index}");
+            for sequence in 1..=TRANSACTIONS {
+                let first = id(client_index, sequence);
+                let response = put_inserts(
+                    &mut client,
+                    &command(TABLE, &origin, Some(sequence)),
+                    first..first + 1,
+                )
+                .await;
+                assert!(response.accepted, "{origin}/{sequence}");
+                assert_eq!(response.memory_sequence_number, Some(sequence));
+            }
+        }));
+    }
+    for client in clients {
+        client.await.expect("a client task");
+    }
+    let elapsed = started.elapsed();
+    done.send(true).expect("the prober is running");
+    let answered = probes.await.expect("the prober");
+    assert!(answered >= 1);
+
+    let mut client = node.client().await;
+    let wal = metrics(&mut client).await["wal"].clone();
+    eprintln!(
+        "{} one-row transactions from {CLIENTS} clients in {elapsed:?} ({:.0}/s); \
+         {answered} probes answered meanwhile; WAL: {} frames in {} group commits",
+        CLIENTS * TRANSACTIONS,
+        (CLIENTS * TRANSACTIONS) as f64 / elapsed.as_secs_f64(),
+        wal["frames_appended"],
+        wal["group_commits"],
+    );
+    for client_index in 0..CLIENTS {
+        let origin = format!("tiny-{client_index}");
+        let numbers = probe(&mut client, TABLE, &origin).await;
+        assert_eq!(
+            numbers.memory_sequence_number,
+            Some(TRANSACTIONS),
+            "{origin}"
+        );
+        wait_durable(&mut client, &origin, TRANSACTIONS).await;
+    }
+    let all_ids = (0..CLIENTS).flat_map(|c| (1..=TRANSACTIONS).map(move |s| id(c, s)));
+    assert_eq!(table_rows(&data, TABLE).await, expected_rows(all_ids));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_send_do_not_block_other_puts() {
+    const SILENT: usize = 64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let node = ServeProcess::start(&data, &NO_FLUSH);
+
+    let mut silent = Vec::new();
+    let mut opened = Vec::new();
+    for _ in 0..SILENT {
+        let mut client = node.client().await;
+        let (polled, body_polled) = tokio::sync::oneshot::channel::<()>();
+        opened.push(body_polled);
+        silent.push(tokio::spawn(async move {
+            // The request body is polled once its stream is open on the
+            // connection: say so, then never yield a message.
+            let mut polled = Some(polled);
+            let nothing = futures::stream::poll_fn(move |_| {
+                if let Some(polled) = polled.take() {
+                    let _ = polled.send(());
+                }
+                std::task::Poll::<Option<Result<FlightData, FlightError>>>::Pending
+            });
+            client.do_put(nothing).await.map(|_| ())
+        }));
+    }
+    for body_polled in opened {
+        body_polled
+            .await
+            .expect("each silent do_put opens its stream");
+    }
+
+    let mut client = node.client().await;
+    for sequence in 1..=20u64 {
+        let first = sequence as i64 * 10;
+        let response = put_inserts(
+            &mut client,
+            &command(TABLE, "talker", Some(sequence)),
+            first..first + 10,
+        )
+        .await;
+        assert_eq!(response.memory_sequence_number, Some(sequence));
+    }
+    assert!(
+        silent.iter().all(|task| !task.is_finished()),
+        "the silent puts are still open, neither answered nor refused"
+    );
+    for task in &silent {
+        task.abort();
+    }
+    // Still serving after they all went away.
+    let numbers = probe(&mut client, TABLE, "talker").await;
+    assert_eq!(numbers.memory_sequence_number, Some(20));
+}
