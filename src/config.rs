@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// A message is written as WAL frames of about this size [default: 16 MiB].
     #[arg(long, env = "FLIGHTLOG_FRAME_BYTES_TARGET")]
     pub frame_bytes_target: Option<u64>,
+    /// A put whose client sends nothing for this long is abandoned [default: 60000].
+    #[arg(long, env = "FLIGHTLOG_PUT_IDLE_TIMEOUT_MS")]
+    pub put_idle_timeout_ms: Option<u64>,
     /// WAL segment size [default: 64 MiB].
     #[arg(long, env = "FLIGHTLOG_SEGMENT_BYTES")]
     pub segment_bytes: Option<u64>,
@@ -74,6 +77,7 @@ struct FileConfig {
     pending_bytes_high_watermark: Option<u64>,
     message_bytes_max: Option<u64>,
     frame_bytes_target: Option<u64>,
+    put_idle_timeout_ms: Option<u64>,
     segment_bytes: Option<u64>,
     segment_init: Option<SegmentInit>,
 }
@@ -92,6 +96,7 @@ pub struct Config {
     pub pending_bytes_high_watermark: u64,
     pub message_bytes_max: u64,
     pub frame_bytes_target: u64,
+    pub put_idle_timeout_ms: u64,
     pub wal: WalConfig,
 }
 
@@ -185,6 +190,10 @@ impl Config {
                 .or(file.message_bytes_max)
                 .unwrap_or(1 << 30),
             frame_bytes_target,
+            put_idle_timeout_ms: args
+                .put_idle_timeout_ms
+                .or(file.put_idle_timeout_ms)
+                .unwrap_or(60_000),
             wal: WalConfig {
                 segment_bytes_target: segment_bytes,
                 // A frame holds at most one chunk of a message plus its command.

@@ -20,6 +20,8 @@ pub enum ErrorKind {
     DataCorruption,
     /// The node is shutting down or its WAL has failed.
     Closed,
+    /// The client went quiet mid-request.
+    Timeout,
     /// A bug.
     Internal,
 }
@@ -58,6 +60,8 @@ pub enum NodeError {
     Lake(String),
     #[error("the node is shutting down")]
     ShuttingDown,
+    #[error("no message arrived for {ms} ms (put_idle_timeout_ms); the put was abandoned, nothing of it is kept")]
+    Idle { ms: u64 },
 }
 
 impl NodeError {
@@ -74,6 +78,7 @@ impl NodeError {
             NodeError::StoreNotAllowed { .. } => ErrorKind::PermissionDenied,
             NodeError::Lake(_) => ErrorKind::Unavailable,
             NodeError::ShuttingDown => ErrorKind::Closed,
+            NodeError::Idle { .. } => ErrorKind::Timeout,
             NodeError::Wal(error) => wal_kind(error),
         }
     }
@@ -100,6 +105,7 @@ impl From<NodeError> for tonic::Status {
             ErrorKind::Unavailable => tonic::Status::unavailable(message),
             ErrorKind::DataCorruption => tonic::Status::data_loss(message),
             ErrorKind::Closed => tonic::Status::unavailable(message),
+            ErrorKind::Timeout => tonic::Status::deadline_exceeded(message),
             ErrorKind::Internal => tonic::Status::internal(message),
         }
     }

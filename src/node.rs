@@ -382,10 +382,11 @@ impl Node {
         self.learn_from_store(&target).await;
         // The schema message comes first; a stream without one has no rows.
         let mut first_batch = None;
-        let (layout, claim) = match items.next().await {
+        let idle = std::time::Duration::from_millis(self.config.put_idle_timeout_ms);
+        let (layout, claim) = match next_item(&mut items, idle).await? {
             None => (None, None),
             Some(item) => {
-                let (layout, claim) = match item? {
+                let (layout, claim) = match item {
                     PutItem::Schema(schema) => self.check_layout(&command, &target, &schema)?,
                     PutItem::Batch(batch) => {
                         let checked = self.check_layout(&command, &target, &batch.schema())?;
@@ -411,7 +412,6 @@ impl Node {
         if pending >= self.config.pending_bytes_high_watermark {
             return Ok(self.answer(&mut origin, false));
         }
-        let _reservation = self.hold(&target.key, Lsn(self.wal.durable_lsn().borrow().0 + 1));
         let open_bytes = origin.open.as_ref().map_or(0, |o| o.bytes);
         let mut writer = MessageWriter::new(self, &command, &target, layout.as_ref(), open_bytes);
         if let Some(batch) = first_batch {
@@ -419,7 +419,12 @@ impl Node {
                 return Err(self.give_up(&mut origin, &writer, error).await);
             }
         }
-        while let Some(item) = items.next().await {
+        loop {
+            let item = match next_item(&mut items, idle).await {
+                Ok(Some(item)) => Ok(item),
+                Ok(None) => break,
+                Err(error) => Err(error),
+            };
             let result = match item {
                 Ok(PutItem::Batch(batch)) => writer.push(batch).await,
                 Ok(PutItem::Schema(_)) => Err(NodeError::Arrow(
@@ -824,6 +829,25 @@ fn corrupted(frame: &crate::wal::recovery::RecoveredFrame, error: prost::DecodeE
     })
 }
 
+/// The next item of a put's stream, or `Idle` if the client sends nothing
+/// for `idle`: a stalled client must not hold its origin (or a table's
+/// flushes) forever.
+async fn next_item<S>(
+    items: &mut S,
+    idle: std::time::Duration,
+) -> Result<Option<PutItem>, NodeError>
+where
+    S: Stream<Item = Result<PutItem, NodeError>> + Unpin,
+{
+    match tokio::time::timeout(idle, items.next()).await {
+        Ok(Some(item)) => item.map(Some),
+        Ok(None) => Ok(None),
+        Err(_) => Err(NodeError::Idle {
+            ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+        }),
+    }
+}
+
 /// The table's exactly-once marker for this WAL, if the table exists.
 async fn applied_lsn_in_store(target: &TableTarget, wal_id: &str) -> Result<Option<Lsn>, String> {
     let root = url::Url::parse(&target.store_root).map_err(|e| e.to_string())?;
@@ -937,6 +961,10 @@ struct MessageWriter<'a> {
     schema: Option<SchemaRef>,
     frames: Vec<Appended>,
     frame_rows: Vec<u64>,
+    /// Taken just before the first frame is submitted (so a client that
+    /// stalls before sending rows holds nothing back), released when the
+    /// writer is dropped, after the frames are held or indexed.
+    reservation: Option<Hold<'a>>,
     /// Message bytes so far (Arrow memory of its batches).
     bytes: u64,
     /// Bytes of the origin's open transaction before this message.
@@ -963,6 +991,7 @@ impl<'a> MessageWriter<'a> {
             schema: None,
             frames: Vec::new(),
             frame_rows: Vec::new(),
+            reservation: None,
             bytes: 0,
             open_bytes,
             rows: 0,
@@ -1025,6 +1054,12 @@ impl<'a> MessageWriter<'a> {
         self.chunk_bytes = 0;
         let payload = encode_record(&command, &schema, &chunk)
             .map_err(|e| NodeError::Arrow(e.to_string()))?;
+        if self.reservation.is_none() {
+            // Before the frame gets an Lsn: every Lsn assigned from now on
+            // is above the durable one, so a flush stays below this frame.
+            let floor = Lsn(self.node.wal.durable_lsn().borrow().0 + 1);
+            self.reservation = Some(self.node.hold(&self.target.key, floor));
+        }
         let appended = self.node.wal.append(FrameKind::Data, payload).await?;
         self.frames.push(appended);
         self.frame_rows.push(rows);

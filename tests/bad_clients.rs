@@ -441,3 +441,74 @@ async fn connections_that_never_send_do_not_block_other_puts() {
     let numbers = probe(&mut client, TABLE, "talker").await;
     assert_eq!(numbers.memory_sequence_number, Some(20));
 }
+
+/// A client that sends its command and schema and then goes quiet holds back
+/// nothing: another origin's transaction on the same table still becomes
+/// durable; and after `--put-idle-timeout-ms` the quiet put is abandoned with
+/// DeadlineExceeded while the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalling_after_its_schema_holds_back_no_flush_and_times_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let node = ServeProcess::start(
+        &data,
+        &["--max-lag-ms", "50", "--put-idle-timeout-ms", "2000"],
+    );
+    let mut staller = node.client().await;
+    let (polled, body_polled) = tokio::sync::oneshot::channel::<()>();
+    let stalled = tokio::spawn(async move {
+        let header = FlightDataEncoderBuilder::new()
+            .with_schema(key_value_schema())
+            .with_flight_descriptor(Some(FlightDescriptor::new_cmd(command_bytes(
+                &command(TABLE, "staller", Some(1)),
+                BARE_TYPE_URL,
+            ))))
+            .build(futures::stream::empty());
+        let mut polled = Some(polled);
+        let quiet = futures::stream::poll_fn(move |_| {
+            if let Some(polled) = polled.take() {
+                let _ = polled.send(());
+            }
+            std::task::Poll::<Option<Result<FlightData, FlightError>>>::Pending
+        });
+        match staller
+            .do_put(futures::StreamExt::chain(header, quiet))
+            .await
+        {
+            Ok(stream) => stream.try_collect::<Vec<_>>().await.map(|_| ()),
+            Err(error) => Err(error),
+        }
+    });
+    body_polled.await.expect("the stalled put sent its schema");
+
+    let mut client = node.client().await;
+    let response = put_inserts(&mut client, &command(TABLE, "talker", Some(1)), 0..10).await;
+    assert_eq!(response.memory_sequence_number, Some(1));
+    let address = node.addr;
+    poll_until(
+        "the talker's transaction to become durable",
+        || async move {
+            let mut client = connect(address).await;
+            let numbers = probe(&mut client, TABLE, "talker").await;
+            (numbers.durable_sequence_number == Some(1)).then_some(())
+        },
+    )
+    .await;
+
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(60), stalled)
+        .await
+        .expect("the stalled put is answered once it is idle too long")
+        .expect("task");
+    match outcome {
+        Err(FlightError::Tonic(status)) => {
+            assert_eq!(status.code(), Code::DeadlineExceeded, "{status}");
+            assert!(status.message().contains("put_idle_timeout_ms"), "{status}");
+        }
+        other => panic!("expected DeadlineExceeded, got {other:?}"),
+    }
+    let numbers = probe(&mut client, TABLE, "staller").await;
+    assert_eq!(
+        numbers.memory_sequence_number, None,
+        "nothing of the stalled put is kept"
+    );
+}

@@ -184,7 +184,7 @@ impl FlightService for SyncService {
         let flight_data = futures::stream::once(async move { Ok(first) })
             .chain(stream.map(|item| item.map_err(FlightError::from)))
             .map(|item| item.and_then(|data| check_body_bounds(&data).map(|()| data)));
-        let items = FlightDataDecoder::new(flight_data).filter_map(|decoded| async move {
+        let items = FlightDataDecoder::new(flight_data).filter_map(move |decoded| async move {
             match decoded {
                 Ok(data) => match data.payload {
                     DecodedPayload::Schema(schema) => Some(Ok(PutItem::Schema(schema))),
@@ -194,7 +194,13 @@ impl FlightService for SyncService {
                 Err(error) => Some(Err(stream_error(error, limit))),
             }
         });
-        let response = self.node.put(command, Box::pin(items)).await?;
+        // The put runs in its own task: if the client resets the stream and
+        // tonic drops this future, the put still finishes its cleanup (an
+        // abort marker for frames a cut message left in the WAL).
+        let node = self.node.clone();
+        let response = tokio::spawn(async move { node.put(command, Box::pin(items)).await })
+            .await
+            .map_err(|error| Status::internal(format!("the put task failed: {error}")))??;
         let result = PutResult {
             app_metadata: response.encode_to_vec().into(),
         };
