@@ -110,6 +110,40 @@ fn stream_error(error: FlightError, limit: u64) -> NodeError {
     }
 }
 
+/// Decodes `do_put`'s Arrow stream (the first message included) into the
+/// node's items. `limit` is `message_bytes_max`, named in the error for a
+/// message tonic refused as too large.
+///
+/// arrow-ipc 59 panics on some malformed messages (a buffer slice past the
+/// body, unimplemented types) instead of returning an error. That input
+/// comes from the network, so the decoding of each message is contained: a
+/// panic becomes an `InvalidArgument` `NodeError::Arrow` and ends the stream
+/// (the decoder's state is not trusted after it).
+pub fn decode_put_stream<S>(
+    flight_data: S,
+    limit: u64,
+) -> impl Stream<Item = Result<PutItem, NodeError>> + Send + 'static
+where
+    S: Stream<Item = Result<FlightData, FlightError>> + Send + 'static,
+{
+    let decoder = std::panic::AssertUnwindSafe(FlightDataDecoder::new(flight_data));
+    decoder
+        .catch_unwind()
+        .filter_map(move |decoded| async move {
+            match decoded {
+                Ok(Ok(data)) => match data.payload {
+                    DecodedPayload::Schema(schema) => Some(Ok(PutItem::Schema(schema))),
+                    DecodedPayload::RecordBatch(batch) => Some(Ok(PutItem::Batch(batch))),
+                    DecodedPayload::None => None,
+                },
+                Ok(Err(error)) => Some(Err(stream_error(error, limit))),
+                Err(_panic) => Some(Err(NodeError::Arrow(
+                    "a FlightData message is malformed (the Arrow IPC decoder refused it)".into(),
+                ))),
+            }
+        })
+}
+
 fn unimplemented<T>(method: &str) -> Result<T, Status> {
     Err(Status::unimplemented(format!(
         "{method} is not supported: flightlog only ingests through do_put"
@@ -147,16 +181,7 @@ impl FlightService for SyncService {
         let command = decode_command(first.flight_descriptor.as_ref())?;
         let flight_data = futures::stream::once(async move { Ok(first) })
             .chain(stream.map(|item| item.map_err(FlightError::from)));
-        let items = FlightDataDecoder::new(flight_data).filter_map(|decoded| async move {
-            match decoded {
-                Ok(data) => match data.payload {
-                    DecodedPayload::Schema(schema) => Some(Ok(PutItem::Schema(schema))),
-                    DecodedPayload::RecordBatch(batch) => Some(Ok(PutItem::Batch(batch))),
-                    DecodedPayload::None => None,
-                },
-                Err(error) => Some(Err(stream_error(error, limit))),
-            }
-        });
+        let items = decode_put_stream(flight_data, limit);
         let response = self.node.put(command, Box::pin(items)).await?;
         let result = PutResult {
             app_metadata: response.encode_to_vec().into(),
