@@ -782,3 +782,29 @@ async fn oversized_first_flight_data_is_invalid_argument_naming_the_limit() {
     assert!(status.message().contains("message_bytes_max"), "{status:?}");
     assert_eq!(node.durable_lsn(), 0);
 }
+
+/// A batch message whose body is shorter than its buffers say made arrow-ipc
+/// panic inside the Flight decoder (a slice past the end), which panicked
+/// the request task (found by the `command_decode` fuzz target).
+#[tokio::test]
+async fn batch_message_with_buffers_past_its_body_is_invalid_argument() {
+    let node = InProcessNode::start(|_| {}).await;
+    let mut client = node.client().await;
+    let mut messages =
+        arrow_flight::utils::batches_to_flight_data(&key_value_schema(), vec![inserts(0..3)])
+            .expect("encode");
+    messages[0].flight_descriptor = Some(FlightDescriptor::new_cmd(command_bytes(
+        &command(TABLE, ORIGIN, Some(1)),
+        BARE_TYPE_URL,
+    )));
+    let body = messages[1].data_body.clone();
+    messages[1].data_body = body.slice(..body.len() / 4);
+    let status = put_flight_data(&mut client, messages)
+        .await
+        .expect_err("a malformed batch message");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("malformed"), "{status:?}");
+    assert_eq!(node.durable_lsn(), 0);
+    let accepted = put_inserts(&mut client, &command(TABLE, ORIGIN, Some(1)), 0..3).await;
+    assert!(accepted.accepted, "the node still serves");
+}

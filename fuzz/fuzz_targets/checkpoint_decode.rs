@@ -4,4 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| flightlog_fuzz::checkpoint_decode(data));
+fuzz_target!(
+    init: flightlog_fuzz::remember_panics_instead_of_aborting(),
+    |data: &[u8]| flightlog_fuzz::run_contained(data, flightlog_fuzz::checkpoint_decode)
+);

@@ -146,6 +146,42 @@ fn check_body_bounds(data: &FlightData) -> Result<(), FlightError> {
     Ok(())
 }
 
+/// Decodes `do_put`'s Arrow stream (the first message included) into the
+/// node's items. `limit` is `message_bytes_max`, named in the error for a
+/// message tonic refused as too large.
+///
+/// arrow-ipc 59 panics on some malformed messages (a buffer slice past the
+/// body, unimplemented types) instead of returning an error. That input
+/// comes from the network, so the decoding of each message is contained: a
+/// panic becomes an `InvalidArgument` `NodeError::Arrow` and ends the stream
+/// (the decoder's state is not trusted after it).
+pub fn decode_put_stream<S>(
+    flight_data: S,
+    limit: u64,
+) -> impl Stream<Item = Result<PutItem, NodeError>> + Send + 'static
+where
+    S: Stream<Item = Result<FlightData, FlightError>> + Send + 'static,
+{
+    let checked =
+        flight_data.map(|item| item.and_then(|data| check_body_bounds(&data).map(|()| data)));
+    let decoder = std::panic::AssertUnwindSafe(FlightDataDecoder::new(checked));
+    decoder
+        .catch_unwind()
+        .filter_map(move |decoded| async move {
+            match decoded {
+                Ok(Ok(data)) => match data.payload {
+                    DecodedPayload::Schema(schema) => Some(Ok(PutItem::Schema(schema))),
+                    DecodedPayload::RecordBatch(batch) => Some(Ok(PutItem::Batch(batch))),
+                    DecodedPayload::None => None,
+                },
+                Ok(Err(error)) => Some(Err(stream_error(error, limit))),
+                Err(_panic) => Some(Err(NodeError::Arrow(
+                    "a FlightData message is malformed (the Arrow IPC decoder refused it)".into(),
+                ))),
+            }
+        })
+}
+
 fn unimplemented<T>(method: &str) -> Result<T, Status> {
     Err(Status::unimplemented(format!(
         "{method} is not supported: flightlog only ingests through do_put"
@@ -182,18 +218,8 @@ impl FlightService for SyncService {
         })?;
         let command = decode_command(first.flight_descriptor.as_ref())?;
         let flight_data = futures::stream::once(async move { Ok(first) })
-            .chain(stream.map(|item| item.map_err(FlightError::from)))
-            .map(|item| item.and_then(|data| check_body_bounds(&data).map(|()| data)));
-        let items = FlightDataDecoder::new(flight_data).filter_map(move |decoded| async move {
-            match decoded {
-                Ok(data) => match data.payload {
-                    DecodedPayload::Schema(schema) => Some(Ok(PutItem::Schema(schema))),
-                    DecodedPayload::RecordBatch(batch) => Some(Ok(PutItem::Batch(batch))),
-                    DecodedPayload::None => None,
-                },
-                Err(error) => Some(Err(stream_error(error, limit))),
-            }
-        });
+            .chain(stream.map(|item| item.map_err(FlightError::from)));
+        let items = decode_put_stream(flight_data, limit);
         // The put runs in its own task: if the client resets the stream and
         // tonic drops this future, the put still finishes its cleanup (an
         // abort marker for frames a cut message left in the WAL).
