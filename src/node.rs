@@ -40,13 +40,34 @@ struct OpenTransaction {
     bytes: u64,
 }
 
-#[derive(Debug, Default)]
-struct OriginState {
+/// An origin's sequence numbers: readable and updatable without waiting
+/// for the origin's ordering lock (the flusher and checkpoints never wait
+/// behind a put that is streaming or waiting for its fsync).
+#[derive(Debug, Default, Clone, Copy)]
+struct Numbers {
     /// Highest sequence whose transaction is in the WAL and fsynced.
-    memory_seq: Option<u64>,
+    memory: Option<u64>,
     /// Highest sequence such that it and every earlier transaction are
     /// committed to the table store.
-    durable_seq: Option<u64>,
+    durable: Option<u64>,
+}
+
+/// One origin: its ordering lock around the transaction state, and its
+/// numbers beside it.
+#[derive(Debug, Default)]
+struct Origin {
+    state: tokio::sync::Mutex<OriginState>,
+    numbers: Mutex<Numbers>,
+}
+
+impl Origin {
+    fn numbers(&self) -> MutexGuard<'_, Numbers> {
+        self.numbers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[derive(Debug, Default)]
+struct OriginState {
     open: Option<OpenTransaction>,
     /// Whether this origin got its `first = true` answer since start.
     answered: bool,
@@ -75,7 +96,7 @@ pub struct Node {
     wal: Wal,
     /// The per-origin ordering lock: messages of one origin are handled one
     /// at a time (the protocol orders them); different origins run in parallel.
-    origins: Mutex<HashMap<String, Arc<tokio::sync::Mutex<OriginState>>>>,
+    origins: Mutex<HashMap<String, Arc<Origin>>>,
     index: Mutex<Index>,
     /// Column types per table, accepted so far or claimed by puts in
     /// flight (checked at put time).
@@ -202,7 +223,7 @@ impl Node {
             match applied_lsn_in_store(&target, &wal_id).await {
                 Ok(Some(lsn)) => {
                     let durable = self.lock_index().mark_applied(&target.key, lsn);
-                    self.set_durable(durable).await;
+                    self.set_durable(durable);
                 }
                 Ok(None) => {}
                 Err(error) => {
@@ -222,6 +243,7 @@ impl Node {
 
     async fn recover(&self, recovery: Recovery) -> Result<StartState, NodeError> {
         let mut origins: HashMap<String, OriginState> = HashMap::new();
+        let mut numbers: HashMap<String, Numbers> = HashMap::new();
         let mut index = Index::default();
         let mut applied: HashMap<String, Lsn> = HashMap::new();
         for frame in &recovery.frames {
@@ -254,7 +276,7 @@ impl Node {
                     }
                     if let Some(sequence) = command.sequence_number {
                         let open = origin.open.take().unwrap_or_default();
-                        origin.memory_seq = Some(sequence);
+                        numbers.entry(command.origin.clone()).or_default().memory = Some(sequence);
                         index.add_transaction(&command.origin, sequence, open.frames);
                     }
                 }
@@ -272,9 +294,9 @@ impl Node {
                         *lsn = (*lsn).max(Lsn(table.applied_lsn));
                     }
                     for saved in checkpoint.origins {
-                        let origin = origins.entry(saved.origin).or_default();
-                        origin.memory_seq = origin.memory_seq.max(saved.memory_sequence_number);
-                        origin.durable_seq = origin.durable_seq.max(saved.durable_sequence_number);
+                        let known = numbers.entry(saved.origin).or_default();
+                        known.memory = known.memory.max(saved.memory_sequence_number);
+                        known.durable = known.durable.max(saved.durable_sequence_number);
                     }
                 }
             }
@@ -282,8 +304,8 @@ impl Node {
         for (table, lsn) in &applied {
             let durable = index.mark_applied(table, *lsn);
             for (name, sequence) in durable {
-                let origin = origins.entry(name).or_default();
-                origin.durable_seq = origin.durable_seq.max(Some(sequence));
+                let known = numbers.entry(name).or_default();
+                known.durable = known.durable.max(Some(sequence));
             }
         }
         let mut aborted = 0;
@@ -303,7 +325,11 @@ impl Node {
             pending_frames: index.pending_frames(),
             first_lsn: recovery.frames.first().map(|f| f.header.lsn.0),
             last_lsn: recovery.frames.last().map(|f| f.header.lsn.0),
-            origins: origins.len(),
+            origins: numbers
+                .keys()
+                .chain(origins.keys())
+                .collect::<std::collections::HashSet<_>>()
+                .len(),
             aborted_transactions: aborted,
             torn_tail: recovery
                 .torn_tail
@@ -312,8 +338,14 @@ impl Node {
         };
         *self.lock_index() = index;
         let mut map = self.lock_origins();
-        for (name, origin) in origins {
-            map.insert(name, Arc::new(tokio::sync::Mutex::new(origin)));
+        let names: std::collections::HashSet<String> =
+            origins.keys().chain(numbers.keys()).cloned().collect();
+        for name in names {
+            let origin = Origin {
+                state: tokio::sync::Mutex::new(origins.remove(&name).unwrap_or_default()),
+                numbers: Mutex::new(numbers.get(&name).copied().unwrap_or_default()),
+            };
+            map.insert(name, Arc::new(origin));
         }
         Ok(state)
     }
@@ -397,20 +429,24 @@ impl Node {
                 (Some(layout), Some(claim))
             }
         };
-        let origin_lock = self.origin(&command.origin);
-        let mut origin = origin_lock.lock().await;
+        let entry = self.origin(&command.origin);
+        let mut origin = entry.state.lock().await;
         self.abort_orphans(&command.origin, &mut origin).await?;
         if let Some(sequence) = command.sequence_number {
-            if origin.memory_seq.is_some_and(|memory| sequence <= memory) {
+            if entry
+                .numbers()
+                .memory
+                .is_some_and(|memory| sequence <= memory)
+            {
                 // An idempotent resend: whatever part of this transaction was
                 // streamed again since is discarded, nothing is written.
                 self.abort_open(&command.origin, &mut origin).await?;
-                return Ok(self.answer(&mut origin, true));
+                return Ok(self.answer(&entry, &mut origin, true));
             }
         }
         let pending = self.lock_index().pending_bytes() + self.open_bytes_estimate(&origin);
         if pending >= self.config.pending_bytes_high_watermark {
-            return Ok(self.answer(&mut origin, false));
+            return Ok(self.answer(&entry, &mut origin, false));
         }
         let open_bytes = origin.open.as_ref().map_or(0, |o| o.bytes);
         let mut writer = MessageWriter::new(self, &command, &target, layout.as_ref(), open_bytes);
@@ -437,7 +473,9 @@ impl Node {
             }
         }
         match (writer.rows, command.sequence_number) {
-            (0, None) if writer.frames.is_empty() => return Ok(self.answer(&mut origin, true)),
+            (0, None) if writer.frames.is_empty() => {
+                return Ok(self.answer(&entry, &mut origin, true))
+            }
             (0, Some(_)) if origin.open.is_none() && writer.frames.is_empty() => {
                 return Err(NodeError::NothingToClose {
                     origin: command.origin.clone(),
@@ -463,7 +501,7 @@ impl Node {
         }
         if let Some(sequence) = command.sequence_number {
             let open = origin.open.take().unwrap_or_default();
-            origin.memory_seq = Some(sequence);
+            entry.numbers().memory = Some(sequence);
             let held: Vec<(String, Lsn)> = open
                 .frames
                 .iter()
@@ -477,7 +515,7 @@ impl Node {
                 self.release(&table, lsn);
             }
         }
-        Ok(self.answer(&mut origin, true))
+        Ok(self.answer(&entry, &mut origin, true))
     }
 
     /// A message failed midway: its frames already in the WAL get an abort
@@ -508,13 +546,14 @@ impl Node {
         Ok(())
     }
 
-    fn answer(&self, origin: &mut OriginState, accepted: bool) -> DataSyncResponse {
+    fn answer(&self, entry: &Origin, origin: &mut OriginState, accepted: bool) -> DataSyncResponse {
         let first = !origin.answered;
         origin.answered = true;
+        let numbers = *entry.numbers();
         DataSyncResponse {
             accepted,
-            memory_sequence_number: origin.memory_seq,
-            durable_sequence_number: origin.durable_seq,
+            memory_sequence_number: numbers.memory,
+            durable_sequence_number: numbers.durable,
             first,
         }
     }
@@ -599,7 +638,7 @@ impl Node {
             .min()
     }
 
-    fn origin(&self, name: &str) -> Arc<tokio::sync::Mutex<OriginState>> {
+    fn origin(&self, name: &str) -> Arc<Origin> {
         self.lock_origins()
             .entry(name.to_string())
             .or_default()
@@ -607,10 +646,9 @@ impl Node {
     }
 
     /// Current numbers of an origin without answering (tests, metrics).
-    pub async fn origin_numbers(&self, name: &str) -> (Option<u64>, Option<u64>) {
-        let origin = self.origin(name);
-        let state = origin.lock().await;
-        (state.memory_seq, state.durable_seq)
+    pub fn origin_numbers(&self, name: &str) -> (Option<u64>, Option<u64>) {
+        let numbers = *self.origin(name).numbers();
+        (numbers.memory, numbers.durable)
     }
 
     /// Validates the command's own fields and resolves its table.
@@ -790,34 +828,28 @@ impl Node {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_origins(
-        &self,
-    ) -> MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<OriginState>>>> {
+    fn lock_origins(&self) -> MutexGuard<'_, HashMap<String, Arc<Origin>>> {
         self.origins.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records that origins' transactions became durable (flush).
-    pub async fn set_durable(&self, durable: Vec<(String, u64)>) {
+    pub fn set_durable(&self, durable: Vec<(String, u64)>) {
         for (name, sequence) in durable {
             let origin = self.origin(&name);
-            let mut state = origin.lock().await;
-            state.durable_seq = state.durable_seq.max(Some(sequence));
+            let mut numbers = origin.numbers();
+            numbers.durable = numbers.durable.max(Some(sequence));
         }
     }
 
     /// Every origin's numbers, for checkpoint frames.
-    pub async fn origin_snapshot(&self) -> Vec<(String, Option<u64>, Option<u64>)> {
-        let origins: Vec<(String, Arc<tokio::sync::Mutex<OriginState>>)> = self
-            .lock_origins()
+    pub fn origin_snapshot(&self) -> Vec<(String, Option<u64>, Option<u64>)> {
+        self.lock_origins()
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let mut out = Vec::with_capacity(origins.len());
-        for (name, origin) in origins {
-            let state = origin.lock().await;
-            out.push((name, state.memory_seq, state.durable_seq));
-        }
-        out
+            .map(|(name, origin)| {
+                let numbers = *origin.numbers();
+                (name.clone(), numbers.memory, numbers.durable)
+            })
+            .collect()
     }
 }
 

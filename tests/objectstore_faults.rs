@@ -108,7 +108,6 @@ impl FaultyNode {
     async fn durable(&self) -> Option<u64> {
         self.node
             .origin_snapshot()
-            .await
             .into_iter()
             .find(|(name, _, _)| name == ORIGIN)
             .and_then(|(_, _, durable)| durable)

@@ -192,7 +192,7 @@ pub async fn flush_table(node: &Node, key: &str) -> Result<bool, FlushError> {
             }
             if frames.is_empty() {
                 let durable = node.lock_index().mark_applied(key, Lsn(recorded));
-                node.set_durable(durable).await;
+                node.set_durable(durable);
                 return Ok(true);
             }
         }
@@ -280,7 +280,7 @@ pub async fn flush_table(node: &Node, key: &str) -> Result<bool, FlushError> {
     }
     crate::failpoint::hit("flush-after-commit");
     let durable = node.lock_index().mark_applied(key, last);
-    node.set_durable(durable).await;
+    node.set_durable(durable);
     Ok(true)
 }
 
@@ -319,7 +319,6 @@ fn pending_frames(
 pub async fn checkpoint_and_truncate(node: &Node) -> Result<(), FlushError> {
     let origins = node
         .origin_snapshot()
-        .await
         .into_iter()
         .map(|(origin, memory, durable)| OriginState {
             origin,
