@@ -64,6 +64,7 @@ fn config(init: SegmentInit) -> WalConfig {
         frame_bytes_max: 2 << 20,
         segment_init: init,
         recycle_pool_max: RECYCLE_POOL,
+        prepare_spare: true,
         queue_depth: 4096,
         batch_bytes_max: 16 << 20,
     }

@@ -167,6 +167,7 @@ fn golden_config() -> WalConfig {
         frame_bytes_max: 1 << 20,
         segment_init: SegmentInit::Grow,
         recycle_pool_max: 0,
+        prepare_spare: true,
         queue_depth: 16,
         batch_bytes_max: 1 << 20,
     }

@@ -17,6 +17,7 @@ fn config(segment_bytes_target: u64, init: SegmentInit) -> WalConfig {
         frame_bytes_max: 1 << 20,
         segment_init: init,
         recycle_pool_max: 2,
+        prepare_spare: true,
         queue_depth: 64,
         batch_bytes_max: 1 << 20,
     }

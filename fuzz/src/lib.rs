@@ -310,6 +310,7 @@ fn recovery_config(init: u8, frame_bytes_max: u16) -> WalConfig {
             _ => SegmentInit::Recycle,
         },
         recycle_pool_max: 2,
+        prepare_spare: true,
         queue_depth: 4,
         batch_bytes_max: 1 << 16,
     }
@@ -1177,6 +1178,7 @@ fn wal_ops_config(input: &WalOpsInput) -> WalConfig {
             _ => SegmentInit::Recycle,
         },
         recycle_pool_max: usize::from(input.recycle_pool_max % 3),
+        prepare_spare: input.recycle_pool_max.is_multiple_of(2),
         queue_depth: 8,
         batch_bytes_max: 1 + u64::from(input.batch_bytes % 8192),
     }

@@ -81,6 +81,12 @@ pub struct WalConfig {
     pub segment_init: SegmentInit,
     /// How many truncated segment files are kept for re-use.
     pub recycle_pool_max: usize,
+    /// Keep one zero-filled spare segment ready (ZeroFill and Recycle), made
+    /// in the background, so a roll does not zero-fill on the writer thread.
+    /// Off by default: measured here it halves the worst append (the roll)
+    /// but its background writes quadruple p99 (BENCHMARKS.md, "Segment
+    /// rolls").
+    pub prepare_spare: bool,
     /// Appends queued for the writer before `append` waits (back-pressure).
     pub queue_depth: usize,
     /// The writer stops draining the queue into one batch past this many
@@ -95,6 +101,7 @@ impl Default for WalConfig {
             frame_bytes_max: 64 << 20,
             segment_init: SegmentInit::Recycle,
             recycle_pool_max: 4,
+            prepare_spare: false,
             queue_depth: 4096,
             batch_bytes_max: 16 << 20,
         }
@@ -257,6 +264,7 @@ impl Shared {
     /// instead of writing a whole segment of zeros on the writer thread.
     fn prepare_spare(shared: &Arc<Shared>) {
         if shared.config.segment_init == SegmentInit::Grow
+            || !shared.config.prepare_spare
             || !shared.state().recyclable.is_empty()
             || shared.preparing.swap(true, Ordering::AcqRel)
         {
