@@ -105,6 +105,8 @@ pub struct Node {
     /// transactions and, while a put is writing, a lower bound of the Lsns it
     /// may get (durable Lsn + 1 when it started). Counted, as a multiset.
     holds: Mutex<HashMap<String, BTreeMap<Lsn, usize>>>,
+    /// Tables whose store schema was read (or found absent) since start.
+    store_checked: Mutex<std::collections::HashSet<String>>,
     shutting_down: AtomicBool,
     pub flush_metrics: FlushMetrics,
 }
@@ -196,6 +198,7 @@ impl Node {
             index: Mutex::new(Index::default()),
             schemas: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
+            store_checked: Mutex::new(std::collections::HashSet::new()),
             shutting_down: AtomicBool::new(false),
             flush_metrics: FlushMetrics::default(),
         });
@@ -258,6 +261,9 @@ impl Node {
                         })
                     })?;
                     let target = self.resolve_target(&command, false)?;
+                    if rows > 0 {
+                        self.learn_from_frame(&target, &command, view.payload());
+                    }
                     let origin = origins.entry(command.origin.clone()).or_default();
                     let open = origin.open.get_or_insert_with(OpenTransaction::default);
                     open.bytes += u64::from(frame.pointer.len);
@@ -774,12 +780,12 @@ impl Node {
     /// now does not block ingest: the check then covers only what this node
     /// accepted, and the next put tries the store again.
     async fn learn_from_store(&self, target: &TableTarget) {
-        let known = self
-            .schemas
+        let checked = self
+            .store_checked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&target.key);
-        if known {
+            .contains(&target.key);
+        if checked {
             return;
         }
         let location = match url::Url::parse(&target.store_root)
@@ -795,18 +801,41 @@ impl Node {
             }
         };
         match crate::lake::load_state(&location).await {
-            Ok(Some(state)) => self.learn_table_schema(&target.key, state.schema()),
-            Ok(None) => {
-                self.schemas
+            Ok(found) => {
+                if let Some(state) = found {
+                    self.learn_table_schema(&target.key, state.schema());
+                }
+                self.store_checked
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .entry(target.key.clone())
-                    .or_default();
+                    .insert(target.key.clone());
             }
             Err(error) => {
                 tracing::warn!(table = %target.key, %error, "cannot read the table's schema; checking types against accepted puts only");
             }
         }
+    }
+
+    /// At recovery: the column types of an accepted frame count as known,
+    /// so after a restart a put cannot bring a conflicting type for rows
+    /// that are still only in the WAL. A frame whose schema cannot be read
+    /// is left to the flush, which reports it.
+    fn learn_from_frame(&self, target: &TableTarget, command: &DataSyncCommand, payload: &[u8]) {
+        let Ok(schema) = crate::record::decode_record_schema(payload) else {
+            return;
+        };
+        let Ok(layout) = SyncLayout::from_descriptors(&command.column_descriptors, &schema) else {
+            return;
+        };
+        let fields: Vec<arrow::datatypes::Field> = layout
+            .table_fields()
+            .iter()
+            .filter_map(|field| {
+                let stored = crate::lake::delta_arrow_type(field.name(), field.data_type()).ok()?;
+                Some(arrow::datatypes::Field::new(field.name(), stored, true))
+            })
+            .collect();
+        self.learn_table_schema(&target.key, &arrow::datatypes::Schema::new(fields));
     }
 
     /// Seeds the known column types of a table (from the table store).

@@ -64,6 +64,17 @@ pub struct Record {
     pub batches: Vec<RecordBatch>,
 }
 
+/// Only the Arrow schema of a data frame (its first IPC message): cheap,
+/// for learning a table's column types at recovery.
+pub fn decode_record_schema(payload: &[u8]) -> Result<SchemaRef, RecordError> {
+    let parts = decode_data_payload(payload)?;
+    check_ipc_framing(parts.ipc_stream)?;
+    let decoded = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        StreamReader::try_new(Cursor::new(parts.ipc_stream), None).map(|reader| reader.schema())
+    }));
+    Ok(decoded.map_err(|_| RecordError::Malformed)??)
+}
+
 /// Decodes a whole data frame payload, batches included.
 pub fn decode_record(payload: &[u8]) -> Result<Record, RecordError> {
     let parts = decode_data_payload(payload)?;
