@@ -485,6 +485,26 @@ async fn probe_writes_nothing_and_returns_the_current_numbers() {
 }
 
 #[tokio::test]
+async fn a_probe_of_one_descriptor_only_message_without_a_schema_is_answered() {
+    let node = InProcessNode::start(|_| {}).await;
+    let mut client = node.client().await;
+    put_inserts(&mut client, &command(TABLE, ORIGIN, Some(3)), 0..2).await;
+    let lsn = node.durable_lsn();
+    let descriptor_only = FlightData {
+        flight_descriptor: Some(FlightDescriptor::new_cmd(command_bytes(
+            &command(TABLE, ORIGIN, None),
+            BARE_TYPE_URL,
+        ))),
+        ..Default::default()
+    };
+    let numbers = put_flight_data(&mut client, vec![descriptor_only])
+        .await
+        .expect("a descriptor-only probe");
+    assert_eq!(numbers.memory_sequence_number, Some(3));
+    assert_eq!(node.durable_lsn(), lsn, "a probe wrote");
+}
+
+#[tokio::test]
 async fn first_is_true_on_the_first_response_per_origin_only() {
     let node = InProcessNode::start(|_| {}).await;
     let mut client = node.client().await;

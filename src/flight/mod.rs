@@ -162,8 +162,15 @@ pub fn decode_put_stream<S>(
 where
     S: Stream<Item = Result<FlightData, FlightError>> + Send + 'static,
 {
-    let checked =
-        flight_data.map(|item| item.and_then(|data| check_body_bounds(&data).map(|()| data)));
+    // A FlightData with no IPC message (a descriptor-only first message, as
+    // a probe may send) carries nothing to decode: skip it rather than let
+    // the decoder fail on an empty header.
+    let checked = flight_data
+        .filter(|item| {
+            let empty = matches!(item, Ok(data) if data.data_header.is_empty() && data.data_body.is_empty());
+            futures::future::ready(!empty)
+        })
+        .map(|item| item.and_then(|data| check_body_bounds(&data).map(|()| data)));
     let decoder = std::panic::AssertUnwindSafe(FlightDataDecoder::new(checked));
     decoder
         .catch_unwind()
