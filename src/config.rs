@@ -242,3 +242,55 @@ fn absolute(path: &Path) -> Result<PathBuf, ConfigError> {
         problem: error.to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("flightlog.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/srv/flightlog\"\nmax_lag_ms = 250\nallow_store = [\"s3://lake/\"]\nsegment_init = \"grow\"\n",
+        )
+        .expect("write config");
+        let config = Config::resolve(ServeArgs {
+            config: Some(file),
+            max_lag_ms: Some(10),
+            ..ServeArgs::default()
+        })
+        .expect("resolve");
+        assert_eq!(config.max_lag_ms, 10, "the flag wins");
+        assert_eq!(config.data_dir, PathBuf::from("/srv/flightlog"));
+        assert_eq!(config.default_store, "file:///srv/flightlog/lake");
+        assert_eq!(config.allow_store, vec!["s3://lake/".to_string()]);
+        assert_eq!(config.wal.segment_init, SegmentInit::Grow);
+        assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 47470)));
+        assert_eq!(config.put_idle_timeout_ms, 60_000);
+    }
+
+    #[test]
+    fn an_unknown_key_or_inverted_watermarks_are_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "max_lag = 5\n").expect("write config");
+        let error = Config::resolve(ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        })
+        .expect_err("unknown key");
+        assert!(error.to_string().contains("max_lag"), "{error}");
+        let error = Config::resolve(ServeArgs {
+            pending_bytes_low_watermark: Some(10),
+            pending_bytes_high_watermark: Some(5),
+            ..ServeArgs::default()
+        })
+        .expect_err("inverted watermarks");
+        assert!(
+            error.to_string().contains("pending_bytes_low_watermark"),
+            "{error}"
+        );
+    }
+}
