@@ -317,6 +317,33 @@ fn pending_frames(
 /// Writes a checkpoint frame (origins' sequences, tables' applied Lsns) and
 /// removes the WAL segments that hold nothing still needed.
 pub async fn checkpoint_and_truncate(node: &Node) -> Result<(), FlushError> {
+    // The checkpoint records tables' applied Lsns and lets truncation drop
+    // their frames: what the flushes wrote to local stores must be on disk
+    // first (see `lake::sync_local_store`).
+    let roots: std::collections::HashSet<String> = node
+        .lock_index()
+        .tables()
+        .filter(|t| t.target.store_root.starts_with("file:"))
+        .map(|t| t.target.store_root.clone())
+        .collect();
+    for root in roots {
+        let url = Url::parse(&root).map_err(|e| FlushError::Store {
+            table: root.clone(),
+            url: root.clone(),
+            problem: e.to_string(),
+        })?;
+        let synced = tokio::task::spawn_blocking(move || lake::sync_local_store(&url))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|result| result.map_err(|e| e.to_string()));
+        if let Err(problem) = synced {
+            return Err(FlushError::Store {
+                table: root.clone(),
+                url: root,
+                problem: format!("syncing the local store before the checkpoint: {problem}"),
+            });
+        }
+    }
     let origins = node
         .origin_snapshot()
         .into_iter()

@@ -131,3 +131,34 @@ fn memory_root(authority: &str) -> Arc<dyn ObjectStore> {
         .clone();
     super::faults::wrap_memory_root(authority, root)
 }
+
+/// Makes everything written under a `file://` store root durable before the
+/// WAL forgets it: object_store's local backend writes files and renames
+/// them into place without fsync, so a committed Delta version survives a
+/// process crash but not a power cut until the page cache is flushed.
+/// `syncfs` flushes the whole filesystem holding `root` (one call covers
+/// every table on it). Other schemes are durable when their put returns.
+pub fn sync_local_store(root: &Url) -> std::io::Result<()> {
+    if root.scheme() != "file" {
+        return Ok(());
+    }
+    let path = root
+        .to_file_path()
+        .map_err(|()| std::io::Error::other(format!("{root} is not a local path")))?;
+    let directory = match std::fs::File::open(&path) {
+        Ok(directory) => directory,
+        // Nothing was ever written under a root that does not exist.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs only reads the descriptor, which `directory` keeps open
+    // for the duration of the call; it touches no memory of ours.
+    #[allow(unsafe_code)]
+    let result = unsafe { libc::syncfs(directory.as_raw_fd()) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

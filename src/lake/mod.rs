@@ -27,7 +27,7 @@ mod table;
 
 pub use apply::{apply, ApplyOutcome, CommitMarker};
 pub use error::LakeError;
-pub use location::{table_location, TableLocation};
+pub use location::{sync_local_store, table_location, TableLocation};
 pub use merge::delta_arrow_type;
 pub use table::{load_state, read_table, TableState};
 

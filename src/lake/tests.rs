@@ -946,3 +946,14 @@ async fn s3_table_is_created_and_upserted_through_moto() {
         .unwrap();
     assert_eq!(again, ApplyOutcome::AlreadyApplied { recorded_lsn: 2 });
 }
+
+#[test]
+fn syncing_a_local_store_works_on_existing_missing_and_remote_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f"), b"x").unwrap();
+    let root = Url::from_directory_path(dir.path()).unwrap();
+    crate::lake::sync_local_store(&root).unwrap();
+    let missing = Url::from_directory_path(dir.path().join("never-written")).unwrap();
+    crate::lake::sync_local_store(&missing).unwrap();
+    crate::lake::sync_local_store(&Url::parse("s3://bucket/prefix").unwrap()).unwrap();
+}
