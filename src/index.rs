@@ -26,6 +26,9 @@ pub struct PendingFrame {
     pub lsn: Lsn,
     pub pointer: WalPointer,
     pub origin: String,
+    /// Sequence number of the transaction the frame belongs to; set when
+    /// the transaction completes (frames enter the index only then).
+    pub sequence: u64,
     pub rows: u64,
     /// Frame bytes on disk.
     pub bytes: u64,
@@ -75,7 +78,8 @@ impl Index {
         frames: Vec<(TableTarget, PendingFrame)>,
     ) {
         let mut tables = HashMap::new();
-        for (target, frame) in frames {
+        for (target, mut frame) in frames {
+            frame.sequence = sequence;
             let table = Self::table_entry(&mut self.tables, &target);
             if frame.lsn <= table.applied_lsn {
                 continue;
@@ -197,6 +201,7 @@ mod tests {
                 len: 100,
             },
             origin: "o".into(),
+            sequence: 0,
             rows: 1,
             bytes: 100,
             accepted_at: Instant::now(),

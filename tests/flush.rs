@@ -312,6 +312,50 @@ async fn insert_then_delete_in_one_flush_is_a_no_op() {
     assert!(!node.log_text().contains("flush failed"));
 }
 
+/// Each Delta commit's `commitInfo` names the WAL and, per origin, the
+/// highest transaction sequence it carries: an operator can tell from the
+/// table alone which source position it reflects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_info_records_the_wal_and_each_origins_sequence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = data_dir(&tmp);
+    let node = NodeProcess::start(&dir, NodeOptions::default());
+    let mut client = node.client().await;
+    let insert = |id: i64| Change::Insert {
+        key: vec![id],
+        set: set(&[("name", text("x")), ("amount", int(id))]),
+    };
+    let message = Message::new("info", &["id"], usual_values(), vec![insert(1), insert(2)]);
+    client.send("pg", Some(41), &message).await;
+    node.wait_durable(&mut client, "pg", 41).await;
+    let log = dir.join("lake").join("info").join("_delta_log");
+    let mut found = false;
+    for entry in std::fs::read_dir(&log).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            let Some(info) = action.get("commitInfo").and_then(|c| c.get("flightlog")) else {
+                continue;
+            };
+            assert!(
+                info["walId"].as_str().is_some_and(|id| id.len() == 32),
+                "{info}"
+            );
+            assert_eq!(info["origins"][0]["origin"], "pg", "{info}");
+            assert_eq!(info["origins"][0]["sequenceNumber"], 41, "{info}");
+            found = true;
+        }
+    }
+    assert!(
+        found,
+        "no commitInfo with flightlog metadata in {}",
+        log.display()
+    );
+}
+
 /// A transaction in completion order: its origin, sequence, and the keys it
 /// inserted per table.
 struct Sent {

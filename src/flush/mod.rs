@@ -229,10 +229,12 @@ pub async fn flush_table(node: &Node, key: &str) -> Result<bool, FlushError> {
         table: key.to_string(),
         source,
     })?;
+    // Each origin's highest transaction sequence in this commit (commitInfo).
     let mut origins: Vec<(String, u64)> = Vec::new();
     for frame in &frames {
-        if !origins.iter().any(|(o, _)| *o == frame.origin) {
-            origins.push((frame.origin.clone(), frame.lsn.0));
+        match origins.iter_mut().find(|(o, _)| *o == frame.origin) {
+            Some((_, sequence)) => *sequence = (*sequence).max(frame.sequence),
+            None => origins.push((frame.origin.clone(), frame.sequence)),
         }
     }
     let marker = CommitMarker {
