@@ -56,6 +56,13 @@ pub enum FlushError {
     Wal(#[from] crate::wal::WalError),
 }
 
+/// At most one checkpoint (with its store sync and WAL truncation) per
+/// interval: a checkpoint after every flush made each flush wait for a
+/// `syncfs` of the local store (p50 ack-to-durable lag 85 ms instead of
+/// ~45 ms with `--max-lag-ms 10` in the release bench). Durable sequences are
+/// reported at commit either way; only truncation waits.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Handle of the running scheduler.
 pub struct Flusher {
     stop: watch::Sender<bool>,
@@ -98,6 +105,9 @@ impl Backoff {
 async fn run(node: Arc<Node>, mut stopped: watch::Receiver<bool>) {
     let tick = Duration::from_millis((node.config().max_lag_ms / 4).clamp(10, 250));
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
+    // Flushes since the last checkpoint, and when that was.
+    let mut unsaved = false;
+    let mut last_checkpoint: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
@@ -123,9 +133,17 @@ async fn run(node: Arc<Node>, mut stopped: watch::Receiver<bool>) {
                 }
             }
         }
-        if flushed {
-            if let Err(error) = checkpoint_and_truncate(&node).await {
-                tracing::warn!(%error, "checkpoint or truncation failed; will retry after the next flush");
+        unsaved |= flushed;
+        let due = last_checkpoint.is_none_or(|at| at.elapsed() >= CHECKPOINT_INTERVAL);
+        if unsaved && due {
+            match checkpoint_and_truncate(&node).await {
+                Ok(()) => {
+                    unsaved = false;
+                    last_checkpoint = Some(Instant::now());
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "checkpoint or truncation failed; will retry")
+                }
             }
         }
     }
