@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use flightlog::config::{Config, ServeArgs};
-use flightlog::flight::SyncService;
 use flightlog::node::{Node, StartState};
 use flightlog::wal::dump::{dump, verify, DumpOptions};
 use flightlog::wal::format::FRAME_HEADER_LEN;
@@ -119,13 +118,7 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             node.begin_shutdown();
         }
     };
-    tonic::transport::Server::builder()
-        .add_service(SyncService::new(node.clone()).into_server())
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
-            shutdown,
-        )
-        .await?;
+    flightlog::flight::serve(node.clone(), listener, shutdown).await?;
     flusher.stop().await;
     node.wal().close();
     tracing::info!("stopped cleanly");

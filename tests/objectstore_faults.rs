@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flightlog::config::Config;
-use flightlog::flight::SyncService;
 use flightlog::flush::{self, Flusher};
 use flightlog::lake::faults::{fault_plan, FaultPlan, Operation, Times};
 use flightlog::lake::{load_state, TableLocation};
@@ -57,19 +56,10 @@ impl FaultyNode {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let service = SyncService::new(node.clone()).into_server();
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener),
-                    async {
-                        let _ = stopped.await;
-                    },
-                )
-                .await
-                .unwrap();
+        let server = flightlog::flight::serve(node.clone(), listener, async {
+            let _ = stopped.await;
         });
+        tokio::spawn(async move { server.await.unwrap() });
         let flusher = flush::start(node.clone());
         FaultyNode {
             node,

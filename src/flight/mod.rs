@@ -61,6 +61,23 @@ impl SyncService {
     }
 }
 
+/// Serves the node's Flight service on `listener` until `shutdown`
+/// completes, then lets in-flight requests finish. The one place the tonic
+/// server is put together (the binary, tests and benches call it).
+pub async fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(SyncService::new(node).into_server())
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            shutdown,
+        )
+        .await
+}
+
 /// Decodes the command from the first message's descriptor.
 pub fn decode_command(descriptor: Option<&FlightDescriptor>) -> Result<DataSyncCommand, NodeError> {
     let invalid =

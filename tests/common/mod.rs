@@ -41,7 +41,7 @@ use futures::TryStreamExt;
 use prost::Message;
 
 use flightlog::config::Config;
-use flightlog::flight::{Any, SyncService};
+use flightlog::flight::Any;
 use flightlog::node::Node;
 use flightlog::proto::sync::{ColumnDescriptor, ColumnRole, DataSyncCommand, DataSyncResponse};
 
@@ -256,19 +256,10 @@ impl InProcessNode {
             .expect("bind an ephemeral port");
         let addr = listener.local_addr().expect("local address");
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
-        let service = SyncService::new(node.clone()).into_server();
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener),
-                    async {
-                        let _ = stopped.await;
-                    },
-                )
-                .await
-                .expect("flight server runs");
+        let server = flightlog::flight::serve(node.clone(), listener, async {
+            let _ = stopped.await;
         });
+        tokio::spawn(async move { server.await.expect("flight server runs") });
         InProcessNode {
             addr,
             node,
