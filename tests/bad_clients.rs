@@ -39,23 +39,6 @@ fn expected_rows(ids: impl IntoIterator<Item = i64>) -> Vec<(i64, Option<String>
     rows
 }
 
-/// Probes until `origin`'s `sequence` is committed to the table store
-/// (bounded by [`DEADLINE`]).
-async fn wait_durable(client: &mut FlightClient, origin: &str, sequence: u64) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let numbers = probe(client, TABLE, origin).await;
-        if numbers.durable_sequence_number >= Some(sequence) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {origin}/{sequence} to be durable: {numbers:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 /// `(first, last)` Lsn of each data frame of `origin` carrying rows, and
 /// the Lsn ranges of its abort frames.
 fn frames_of_origin(data: &Path, origin: &str) -> (Vec<u64>, Vec<(u64, u64)>) {
@@ -193,7 +176,7 @@ async fn client_cutting_the_connection_mid_message_leaves_nothing_applied() {
             .memory_sequence_number,
         Some(1)
     );
-    wait_durable(&mut client, ORIGIN, 1).await;
+    wait_durable(&mut client, TABLE, ORIGIN, 1).await;
     assert_eq!(table_rows(&data, TABLE).await, expected_rows(1_000..1_010));
     drop(batches);
 }
@@ -381,7 +364,7 @@ async fn thousands_of_tiny_transactions_are_all_acknowledged_and_flushed_once() 
             Some(TRANSACTIONS),
             "{origin}"
         );
-        wait_durable(&mut client, &origin, TRANSACTIONS).await;
+        wait_durable(&mut client, TABLE, &origin, TRANSACTIONS).await;
     }
     let all_ids = (0..CLIENTS).flat_map(|c| (1..=TRANSACTIONS).map(move |s| id(c, s)));
     assert_eq!(table_rows(&data, TABLE).await, expected_rows(all_ids));

@@ -86,23 +86,6 @@ fn assert_wal_verifies(data: &Path) {
     assert!(status.success(), "wal verify failed: {out}");
 }
 
-/// Probes until the flusher has made `sequence` of `origin` durable
-/// (bounded by [`DEADLINE`]).
-async fn wait_durable(client: &mut arrow_flight::FlightClient, origin: &str, sequence: u64) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let numbers = probe(client, TABLE, origin).await;
-        if numbers.durable_sequence_number >= Some(sequence) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {origin}/{sequence} to be durable: {numbers:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_fsync_stops_acknowledging_and_restart_recovers_every_acknowledged_transaction() {
     if let Some(reason) = strace_unusable() {
@@ -192,7 +175,7 @@ async fn failed_fsync_stops_acknowledging_and_restart_recovers_every_acknowledge
             .memory_sequence_number,
         None
     );
-    wait_durable(&mut client, ORIGIN, recovered).await;
+    wait_durable(&mut client, TABLE, ORIGIN, recovered).await;
     let expected: Vec<(i64, Option<String>)> = (1..=recovered)
         .flat_map(ids_of)
         .map(|id| (id, Some(format!("v{id}"))))
@@ -402,7 +385,7 @@ async fn injected_no_space_write_refuses_only_that_put() {
     let mut client = node.client().await;
     let numbers = probe(&mut client, TABLE, ORIGIN).await;
     assert_eq!(numbers.memory_sequence_number, Some(last_acknowledged));
-    wait_durable(&mut client, ORIGIN, last_acknowledged).await;
+    wait_durable(&mut client, TABLE, ORIGIN, last_acknowledged).await;
     let expected: Vec<(i64, Option<String>)> = (1..=last_acknowledged)
         .flat_map(ids_of)
         .map(|id| (id, Some(format!("v{id}"))))

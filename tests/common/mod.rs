@@ -506,6 +506,24 @@ pub fn wal_verify(data_dir: &Path) -> (ExitStatus, String) {
 }
 
 /// Polls `condition` until it returns `Some`, failing after [`DEADLINE`].
+/// Probes until `origin`'s `sequence` is committed to the table store
+/// (bounded by [`DEADLINE`]).
+#[allow(dead_code)]
+pub async fn wait_durable(client: &mut FlightClient, path: &str, origin: &str, sequence: u64) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let numbers = probe(client, path, origin).await;
+        if numbers.durable_sequence_number >= Some(sequence) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {origin}/{sequence} to be durable: {numbers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub async fn poll_until<T, F, Fut>(what: &str, mut condition: F) -> T
 where
     F: FnMut() -> Fut,
