@@ -196,7 +196,8 @@ pub async fn flush_table(node: &Node, key: &str) -> Result<bool, FlushError> {
     let wal_id = node.wal().id().to_string();
     // The table's own exactly-once marker: frames at or below it were
     // committed before a crash and must not be applied again.
-    if let Some(state) = lake::load_state(&location).await.map_err(lake_error)? {
+    let state = lake::load_state(&location).await.map_err(lake_error)?;
+    if let Some(state) = &state {
         if let Some(recorded) = state.applied_lsn(&wal_id).await.map_err(lake_error)? {
             let pending = frames.len();
             frames.retain(|f| f.lsn.0 > recorded);
@@ -261,7 +262,7 @@ pub async fn flush_table(node: &Node, key: &str) -> Result<bool, FlushError> {
         origins,
     };
     let started = Instant::now();
-    let outcome = lake::apply(&location, &squashed, &marker)
+    let outcome = lake::apply_to(&location, state.as_ref(), &squashed, &marker)
         .await
         .map_err(lake_error)?;
     let metrics = &node.flush_metrics;

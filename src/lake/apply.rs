@@ -88,13 +88,28 @@ pub async fn apply(
     squashed: &Squashed,
     marker: &CommitMarker,
 ) -> Result<ApplyOutcome, LakeError> {
-    check_squashed(squashed)?;
     let store = log_store(location)?;
-    let state = match load_with(store.clone(), location).await? {
-        Some(state) => state,
-        None => create(store, location, squashed).await?,
-    };
-    apply_on(&state, location, squashed, marker).await
+    let state = load_with(store, location).await?;
+    apply_to(location, state.as_ref(), squashed, marker).await
+}
+
+/// [`apply`] on a table state the caller already loaded (`None`: the table
+/// does not exist and is created), so a flush that read the table's marker
+/// does not read its log a second time.
+pub async fn apply_to(
+    location: &TableLocation,
+    state: Option<&TableState>,
+    squashed: &Squashed,
+    marker: &CommitMarker,
+) -> Result<ApplyOutcome, LakeError> {
+    check_squashed(squashed)?;
+    match state {
+        Some(state) => apply_on(state, location, squashed, marker).await,
+        None => {
+            let created = create(log_store(location)?, location, squashed).await?;
+            apply_on(&created, location, squashed, marker).await
+        }
+    }
 }
 
 /// [`apply`] against an already loaded `state` (which may be stale: the

@@ -25,7 +25,7 @@ mod merge;
 mod prune;
 mod table;
 
-pub use apply::{apply, ApplyOutcome, CommitMarker};
+pub use apply::{apply, apply_to, ApplyOutcome, CommitMarker};
 pub use error::LakeError;
 pub use location::{sync_local_store, table_location, TableLocation};
 pub use merge::delta_arrow_type;
