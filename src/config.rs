@@ -55,6 +55,25 @@ pub struct ServeArgs {
     /// A put whose client sends nothing for this long is abandoned [default: 60000].
     #[arg(long, env = "FLIGHTLOG_PUT_IDLE_TIMEOUT_MS")]
     pub put_idle_timeout_ms: Option<u64>,
+    /// Let clients and the default store use memory:// stores, whose data is
+    /// gone when the process exits (tests and demos only) [default: off].
+    #[arg(long, env = "FLIGHTLOG_ALLOW_MEMORY_STORE")]
+    pub allow_memory_store: bool,
+    /// Abort an origin's open transaction after this long without a message
+    /// from it; its next answer says first = true [default: 600000].
+    #[arg(long, env = "FLIGHTLOG_OPEN_TRANSACTION_TIMEOUT_MS")]
+    pub open_transaction_timeout_ms: Option<u64>,
+    /// Quarantine a table after this many consecutive failed flushes (3 when
+    /// the error cannot go away by retrying) [default: 20].
+    #[arg(long, env = "FLIGHTLOG_QUARANTINE_AFTER_FAILURES")]
+    pub quarantine_after_failures: Option<u32>,
+    /// Try a quarantined table again this often [default: 60000].
+    #[arg(long, env = "FLIGHTLOG_QUARANTINE_RETRY_MS")]
+    pub quarantine_retry_ms: Option<u64>,
+    /// Longest wait for a store to answer the first check of a table at put
+    /// time (Unavailable after it) [default: 10000].
+    #[arg(long, env = "FLIGHTLOG_STORE_CHECK_TIMEOUT_MS")]
+    pub store_check_timeout_ms: Option<u64>,
     /// WAL segment size [default: 64 MiB].
     #[arg(long, env = "FLIGHTLOG_SEGMENT_BYTES")]
     pub segment_bytes: Option<u64>,
@@ -78,6 +97,11 @@ struct FileConfig {
     message_bytes_max: Option<u64>,
     frame_bytes_target: Option<u64>,
     put_idle_timeout_ms: Option<u64>,
+    allow_memory_store: Option<bool>,
+    open_transaction_timeout_ms: Option<u64>,
+    quarantine_after_failures: Option<u32>,
+    quarantine_retry_ms: Option<u64>,
+    store_check_timeout_ms: Option<u64>,
     segment_bytes: Option<u64>,
     segment_init: Option<SegmentInit>,
 }
@@ -97,6 +121,11 @@ pub struct Config {
     pub message_bytes_max: u64,
     pub frame_bytes_target: u64,
     pub put_idle_timeout_ms: u64,
+    pub allow_memory_store: bool,
+    pub open_transaction_timeout_ms: u64,
+    pub quarantine_after_failures: u32,
+    pub quarantine_retry_ms: u64,
+    pub store_check_timeout_ms: u64,
     pub wal: WalConfig,
 }
 
@@ -194,6 +223,23 @@ impl Config {
                 .put_idle_timeout_ms
                 .or(file.put_idle_timeout_ms)
                 .unwrap_or(60_000),
+            allow_memory_store: args.allow_memory_store || file.allow_memory_store.unwrap_or(false),
+            open_transaction_timeout_ms: args
+                .open_transaction_timeout_ms
+                .or(file.open_transaction_timeout_ms)
+                .unwrap_or(600_000),
+            quarantine_after_failures: args
+                .quarantine_after_failures
+                .or(file.quarantine_after_failures)
+                .unwrap_or(20),
+            quarantine_retry_ms: args
+                .quarantine_retry_ms
+                .or(file.quarantine_retry_ms)
+                .unwrap_or(60_000),
+            store_check_timeout_ms: args
+                .store_check_timeout_ms
+                .or(file.store_check_timeout_ms)
+                .unwrap_or(10_000),
             wal: WalConfig {
                 segment_bytes_target: segment_bytes,
                 // A frame holds at most one chunk of a message plus its command.
@@ -224,6 +270,9 @@ impl Config {
         }
         if self.frame_bytes_target == 0 {
             return invalid("frame_bytes_target", "must be positive");
+        }
+        if self.quarantine_after_failures == 0 {
+            return invalid("quarantine_after_failures", "must be at least 1");
         }
         if self.wal.segment_bytes_target < 4096 {
             return invalid("segment_bytes", "must be at least 4096");

@@ -1,8 +1,10 @@
 //! Crash points for tests: `FLIGHTLOG_FAILPOINT=<name>` makes the process
 //! abort (no destructors, no buffered writes, like a power cut for the
-//! process) the first time execution reaches the named point. Unset in
-//! production: one relaxed load per point.
+//! process) the first time execution reaches the named point. Only in builds
+//! with the `test-seams` feature (the test suite); elsewhere [`hit`] is an
+//! empty function and the variable is ignored.
 
+#[cfg(feature = "test-seams")]
 use std::sync::OnceLock;
 
 /// Names of the crash points, for tests and docs.
@@ -12,6 +14,7 @@ pub const POINTS: &[&str] = &[
     "flush-after-truncate",
 ];
 
+#[cfg(feature = "test-seams")]
 fn armed() -> Option<&'static str> {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
     ARMED
@@ -20,6 +23,12 @@ fn armed() -> Option<&'static str> {
 }
 
 /// Aborts the process if `name` is the armed crash point.
+#[cfg(not(feature = "test-seams"))]
+#[inline(always)]
+pub fn hit(_name: &str) {}
+
+/// Aborts the process if `name` is the armed crash point.
+#[cfg(feature = "test-seams")]
 pub fn hit(name: &str) {
     if armed() == Some(name) {
         eprintln!("flightlog: crash point {name} reached, aborting");

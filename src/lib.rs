@@ -4,15 +4,19 @@
 //! them to Delta Lake tables exactly once. See `DESIGN.md` in the shared docs
 //! and `wal-format.md` for the on-disk format.
 
+pub mod admission;
 pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod flight;
 pub mod flush;
-pub mod index;
+pub mod identity;
 pub mod lake;
 pub mod node;
+pub mod pending;
+pub mod put;
 pub mod record;
+mod recovery;
 pub mod sync;
 pub mod wal;
 

@@ -1,5 +1,6 @@
 //! The `flightlog` command: `serve` runs the ingest node; `wal dump` and
-//! `wal verify` inspect a WAL directory without modifying it.
+//! `wal verify` inspect a WAL directory without modifying it; `wal
+//! discard-table` is the operator's way out of a quarantined table.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,6 +59,22 @@ enum WalCommand {
         #[arg(long, default_value_t = 1 << 30)]
         frame_bytes_max: u64,
     },
+    /// Give up on the pending changes of one table (for a table that stays
+    /// quarantined): its acknowledged but unflushed transactions are marked
+    /// applied without being written, so every origin's durable sequence can
+    /// advance again. Lists them first; needs --yes to act. The node must be
+    /// stopped (the WAL is locked while it runs). Takes the node's flags.
+    DiscardTable {
+        #[command(flatten)]
+        serve: Box<ServeArgs>,
+        /// The table's canonical name, as the quarantine log line and the
+        /// metrics print it (e.g. file:///srv/data/lake/shop/orders).
+        #[arg(long)]
+        table: String,
+        /// Really discard (without it, only list what would go).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -106,7 +123,8 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let address = listener.local_addr()?;
     let (node, state) = Node::open(config).await?;
-    let flusher = flightlog::flush::start(node.clone());
+    let flusher = flightlog::flush::start(node.flush_context());
+    let sweeper = flightlog::node::spawn_idle_sweeper(node.clone());
     println!("{}", start_line(&node, address, &state));
     use std::io::Write;
     std::io::stdout().flush()?;
@@ -119,6 +137,7 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     flightlog::flight::serve(node.clone(), listener, shutdown).await?;
+    sweeper.abort();
     flusher.stop().await;
     node.wal().close();
     tracing::info!("stopped cleanly");
@@ -156,7 +175,7 @@ fn start_line(node: &Node, address: std::net::SocketAddr, state: &StartState) ->
         _ => "none".to_string(),
     };
     format!(
-        "flightlog listening on {address} wal={} wal_id={} store={} allow_store={allow} recovered: segments={} frames={} lsn={lsns} pending_frames={} origins={} aborted_transactions={} torn_tail={}",
+        "flightlog listening on {address} wal={} wal_id={} store={} allow_store={allow} recovered: segments={} frames={} lsn={lsns} pending_frames={} origins={} aborted_transactions={} unresolvable_frames={} torn_tail={}",
         config.wal_dir().display(),
         state.wal_id,
         config.default_store,
@@ -165,13 +184,18 @@ fn start_line(node: &Node, address: std::net::SocketAddr, state: &StartState) ->
         state.pending_frames,
         state.origins,
         state.aborted_transactions,
+        state.unresolvable_frames,
         state.torn_tail.as_deref().unwrap_or("none"),
     )
 }
 
 fn run_wal(command: WalCommand) -> ExitCode {
+    if let WalCommand::DiscardTable { serve, table, yes } = command {
+        return run_discard(*serve, &table, yes);
+    }
     let mut out = std::io::stdout().lock();
     let result = match command {
+        WalCommand::DiscardTable { .. } => unreachable!("handled above"),
         WalCommand::Dump {
             dir,
             json,
@@ -201,4 +225,66 @@ fn run_wal(command: WalCommand) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn run_discard(args: ServeArgs, table: &str, yes: bool) -> ExitCode {
+    let config = match Config::resolve(args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("flightlog wal discard-table: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("flightlog wal discard-table: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(discard(config, table, yes)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("flightlog wal discard-table: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn discard(
+    config: Config,
+    table: &str,
+    yes: bool,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let (node, _) = Node::open(config).await?;
+    let pending = node.pending();
+    let tables = pending.pending_tables();
+    let Some(id) = tables.iter().find(|id| id.canonical() == table) else {
+        println!("no pending changes for table {table}; tables with pending changes:");
+        for id in &tables {
+            println!("  {id}");
+        }
+        return Ok(false);
+    };
+    let transactions = pending.transactions_of(id);
+    println!("table {id}: {} pending transactions:", transactions.len());
+    for (origin, sequence) in &transactions {
+        println!("  origin {origin:?} sequence {sequence}");
+    }
+    if !yes {
+        println!("nothing changed; run again with --yes to discard them");
+        return Ok(true);
+    }
+    let Some(last) = pending.last_commit(id) else {
+        return Ok(true);
+    };
+    pending.mark_applied(id, last);
+    flightlog::flush::checkpoint_and_truncate(&node.flush_context()).await?;
+    node.wal().close();
+    println!("discarded: the WAL records table {id} as applied through Lsn {}; its changes were never written", last.0);
+    Ok(true)
 }

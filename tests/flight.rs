@@ -51,10 +51,19 @@ impl BadPut {
 
     /// A command on `TABLE` with `descriptors` and one batch of `columns`.
     fn columns(descriptors: Vec<ColumnDescriptor>, columns: Vec<(&str, ArrayRef)>) -> BadPut {
+        Self::columns_at(TABLE, descriptors, columns)
+    }
+
+    /// [`BadPut::columns`] on the table at `path`.
+    fn columns_at(
+        path: &str,
+        descriptors: Vec<ColumnDescriptor>,
+        columns: Vec<(&str, ArrayRef)>,
+    ) -> BadPut {
         let batch = batch(columns);
         let command = DataSyncCommand {
             column_descriptors: descriptors,
-            ..command(TABLE, ORIGIN, Some(100))
+            ..command(path, ORIGIN, Some(100))
         };
         BadPut {
             cmd: command_bytes(&command, BARE_TYPE_URL),
@@ -390,7 +399,9 @@ fn partially_null_insert(value: ArrayRef) -> Vec<(&'static str, ArrayRef)> {
 
 #[tokio::test]
 async fn partially_null_composite_key_is_invalid_argument() {
-    let mut bad = BadPut::columns(
+    // Its own table: `TABLE` already has the key (id).
+    let mut bad = BadPut::columns_at(
+        "composite",
         composite_key_descriptors(),
         partially_null_insert(utf8(&[Some("x")])),
     );
@@ -595,25 +606,29 @@ async fn empty_message_with_sequence_closes_the_open_transaction() {
 }
 
 #[tokio::test]
-async fn empty_message_with_sequence_and_no_open_transaction_is_invalid_argument() {
+/// As Seafowl does: a message with no rows and a sequence number, with no
+/// transaction open, is an empty transaction (a CDC source's way to say "I
+/// am at this position"): kept, and durable once every earlier one is.
+async fn empty_message_with_sequence_and_no_open_transaction_is_an_empty_transaction() {
     let node = InProcessNode::start(|_| {}).await;
     let mut client = node.client().await;
-    let status = put(
+    let response = put(
         &mut client,
         &command(TABLE, ORIGIN, Some(1)),
         key_value_schema(),
         vec![],
     )
     .await
-    .expect_err("nothing to close");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(
-        status.message().contains("sequence_number") && status.message().contains("none open"),
-        "{status:?}"
+    .expect("an empty transaction is accepted");
+    assert_eq!(response.memory_sequence_number, Some(1));
+    assert_eq!(
+        response.durable_sequence_number,
+        Some(1),
+        "nothing to flush"
     );
-    assert_eq!(node.durable_lsn(), 0);
+    assert_eq!(node.durable_lsn(), 1, "its closing frame is in the WAL");
     let numbers = probe(&mut client, TABLE, ORIGIN).await;
-    assert_eq!(numbers.memory_sequence_number, None);
+    assert_eq!(numbers.memory_sequence_number, Some(1));
 }
 
 #[tokio::test]

@@ -1008,9 +1008,9 @@ async fn an_s3_default_store_and_an_s3_client_store_are_flushed() {
         client.send_transaction("pg", transaction).await.unwrap();
     }
     node.wait_durable(&mut client, "pg", 3).await;
-    let root = url::Url::parse("s3://lake/prefix").unwrap();
     let location =
-        flightlog::lake::table_location(&root, "s3t", s3_options(&moto.endpoint)).unwrap();
+        flightlog::identity::TableId::parse("s3://lake/prefix", &s3_options(&moto.endpoint), "s3t")
+            .unwrap();
     model.assert_table("s3t", &location, &["id"]).await;
 
     // A client-supplied S3 store with its options in the command.
@@ -1027,9 +1027,12 @@ async fn an_s3_default_store_and_an_s3_client_store_are_flushed() {
     client.send("pg", Some(4), &message).await;
     model.apply(&message);
     node.wait_durable(&mut client, "pg", 4).await;
-    let root = url::Url::parse("s3://lake/other").unwrap();
-    let location =
-        flightlog::lake::table_location(&root, "via-command", s3_options(&moto.endpoint)).unwrap();
+    let location = flightlog::identity::TableId::parse(
+        "s3://lake/other",
+        &s3_options(&moto.endpoint),
+        "via-command",
+    )
+    .unwrap();
     model.assert_table("via-command", &location, &["id"]).await;
 }
 

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use flightlog::config::Config;
 use flightlog::flush::{self, Flusher};
+use flightlog::identity::TableId as TableLocation;
 use flightlog::lake::faults::{fault_plan, FaultPlan, Operation, Times};
-use flightlog::lake::{load_state, TableLocation};
+use flightlog::lake::load_state;
 use flightlog::node::Node;
 use support::*;
 
@@ -50,6 +51,7 @@ impl FaultyNode {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_data_dir(dir.path()).unwrap();
         config.default_store = format!("memory://{authority}/");
+        config.allow_memory_store = true;
         config.max_lag_ms = 20;
         config.wal.segment_bytes_target = 4096;
         let (node, _state) = Node::open(config).await.unwrap();
@@ -60,7 +62,7 @@ impl FaultyNode {
             let _ = stopped.await;
         });
         tokio::spawn(async move { server.await.unwrap() });
-        let flusher = flush::start(node.clone());
+        let flusher = flush::start(node.flush_context());
         FaultyNode {
             node,
             plan: fault_plan(&authority),
@@ -96,11 +98,7 @@ impl FaultyNode {
     /// The origin's durable sequence number, read from the node (no probe:
     /// a probe would touch the store and consume faults).
     async fn durable(&self) -> Option<u64> {
-        self.node
-            .origin_snapshot()
-            .into_iter()
-            .find(|(name, _, _)| name == ORIGIN)
-            .and_then(|(_, _, durable)| durable)
+        self.node.origin_numbers(ORIGIN).1
     }
 
     async fn wait_durable(&self, sequence: u64) {
@@ -242,26 +240,30 @@ async fn puts_are_acknowledged_while_every_store_put_fails_and_land_once_the_sto
     // still in the index and readable from the WAL, even after the same
     // checkpoint-and-truncate step the scheduler runs after a flush.
     assert_eq!(node.durable().await, Some(1));
-    flush::checkpoint_and_truncate(&node.node).await.unwrap();
+    flush::checkpoint_and_truncate(&node.node.flush_context())
+        .await
+        .unwrap();
     let pending: Vec<_> = node
         .node
-        .lock_index()
-        .tables()
-        .flat_map(|t| t.frames.values().cloned().collect::<Vec<_>>())
+        .pending()
+        .pending_tables()
+        .iter()
+        .flat_map(|t| node.node.pending().frames_of(t))
         .collect();
     assert_eq!(pending.len(), messages.len(), "one frame per message");
     for frame in &pending {
-        let view = node.node.wal().read(frame.pointer).unwrap();
-        assert_eq!(view.header.lsn, frame.lsn);
+        let view = node.node.wal().read(frame.frame.pointer).unwrap();
+        assert_eq!(view.header.lsn, frame.frame.lsn);
     }
     let oldest_segment_lsn = node.node.wal().segments()[0].1;
-    assert!(oldest_segment_lsn <= pending[0].lsn);
+    let oldest_pending = pending.iter().map(|f| f.frame.lsn).min().unwrap();
+    assert!(oldest_segment_lsn <= oldest_pending);
     assert_eq!(node.metric("commits"), commits_before);
 
     node.plan.clear();
     node.wait_durable(4).await;
     model.assert_table(TABLE, &node.table(), &["id"]).await;
-    assert_eq!(node.node.lock_index().pending_frames(), 0);
+    assert_eq!(node.node.pending().pending_frames(), 0);
     assert!(node.metric("failures") >= 2, "{}", node.context());
     assert!(
         node.metric("commits") > commits_before,

@@ -18,7 +18,8 @@ use arrow::array::Int64Array;
 use serde_json::Value;
 
 use common::*;
-use flightlog::lake::{read_table, table_location};
+use flightlog::identity::TableId;
+use flightlog::lake::read_table;
 
 const TABLE: &str = "t";
 const NO_FLUSH: [&str; 2] = ["--max-lag-ms", "3600000"];
@@ -210,7 +211,7 @@ async fn sigkill_keeps_acknowledged_transactions_and_aborts_open_ones() {
     }
     node.kill();
     let root = url::Url::parse(&format!("file://{}/lake", data.display())).expect("lake url");
-    let location = table_location(&root, TABLE, HashMap::new()).expect("table location");
+    let location = TableId::parse(root.as_str(), &HashMap::new(), TABLE).expect("table location");
     let batches = read_table(&location).await.expect("read the table");
     let mut ids: Vec<i64> = Vec::new();
     for batch in &batches {

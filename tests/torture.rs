@@ -592,8 +592,8 @@ fn run_seed(seed: u64) -> Outcome {
 
 async fn read_table(data: &Path, path: &str) -> Table {
     let root = url::Url::from_directory_path(data.join("lake")).expect("url");
-    let location =
-        flightlog::lake::table_location(&root, path, Default::default()).expect("location");
+    let location = flightlog::identity::TableId::parse(root.as_str(), &Default::default(), path)
+        .expect("location");
     let batches = flightlog::lake::read_table(&location)
         .await
         .expect("read table");

@@ -979,7 +979,7 @@ enum StreamItem {
 /// `InvalidArgument` one, and the stream ends after an error.
 fn decode_stream(messages: Vec<arrow_flight::FlightData>) -> Vec<StreamItem> {
     use flightlog::error::{ErrorKind, NodeError};
-    use flightlog::node::PutItem;
+    use flightlog::put::PutItem;
     use futures::StreamExt;
     let stream = futures::stream::iter(messages.into_iter().map(Ok));
     let decoded: Vec<Result<PutItem, NodeError>> = futures::executor::block_on(

@@ -18,9 +18,12 @@ use futures::{Stream, StreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::error::NodeError;
-use crate::node::{Node, PutItem};
+use crate::node::Node;
 use crate::proto::sync::DataSyncCommand;
+use crate::put::PutItem;
 
 /// `google.protobuf.Any`, as Seafowl clients wrap the command.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -123,7 +126,7 @@ fn stream_error(error: FlightError, limit: u64) -> NodeError {
         FlightError::Tonic(status) if status.code() == tonic::Code::OutOfRange => {
             NodeError::MessageTooLarge { limit }
         }
-        other => NodeError::Arrow(other.to_string()),
+        other => NodeError::Stream(other.to_string()),
     }
 }
 
@@ -199,7 +202,7 @@ where
                     DecodedPayload::None => None,
                 },
                 Ok(Err(error)) => Some(Err(stream_error(error, limit))),
-                Err(_panic) => Some(Err(NodeError::Arrow(
+                Err(_panic) => Some(Err(NodeError::Stream(
                     "a FlightData message is malformed (the Arrow IPC decoder refused it)".into(),
                 ))),
             }
@@ -212,20 +215,13 @@ fn unimplemented<T>(method: &str) -> Result<T, Status> {
     )))
 }
 
-#[tonic::async_trait]
-impl FlightService for SyncService {
-    type HandshakeStream = BoxStream<HandshakeResponse>;
-    type ListFlightsStream = BoxStream<FlightInfo>;
-    type DoGetStream = BoxStream<FlightData>;
-    type DoPutStream = BoxStream<PutResult>;
-    type DoExchangeStream = BoxStream<FlightData>;
-    type DoActionStream = BoxStream<arrow_flight::Result>;
-    type ListActionsStream = BoxStream<ActionType>;
-
-    async fn do_put(
+impl SyncService {
+    /// The body of `do_put`, under a cancellation token.
+    async fn put(
         &self,
         request: Request<Streaming<FlightData>>,
-    ) -> Result<Response<Self::DoPutStream>, Status> {
+        cancel: CancellationToken,
+    ) -> Result<Response<BoxStream<PutResult>>, Status> {
         let mut stream = request.into_inner();
         let limit = self.node.config().message_bytes_max;
         let first = stream
@@ -248,15 +244,71 @@ impl FlightService for SyncService {
         // tonic drops this future, the put still finishes its cleanup (an
         // abort marker for frames a cut message left in the WAL).
         let node = self.node.clone();
-        let response = tokio::spawn(async move { node.put(command, Box::pin(items)).await })
-            .await
-            .map_err(|error| Status::internal(format!("the put task failed: {error}")))??;
+        let response =
+            tokio::spawn(async move { node.put(command, Box::pin(items), cancel).await })
+                .await
+                .map_err(|error| Status::internal(format!("the put task failed: {error}")))??;
         let result = PutResult {
             app_metadata: response.encode_to_vec().into(),
         };
         Ok(Response::new(Box::pin(futures::stream::once(async move {
             Ok(result)
         }))))
+    }
+}
+
+/// The client's deadline from the `grpc-timeout` header (`<digits><unit>`,
+/// unit one of `H M S m u n`), if it sent one.
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    let nanos_per_unit: u64 = match unit {
+        "H" => 3_600_000_000_000,
+        "M" => 60_000_000_000,
+        "S" => 1_000_000_000,
+        "m" => 1_000_000,
+        "u" => 1_000,
+        "n" => 1,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_nanos(
+        amount.saturating_mul(nanos_per_unit),
+    ))
+}
+
+#[tonic::async_trait]
+impl FlightService for SyncService {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<FlightData>;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoExchangeStream = BoxStream<FlightData>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        // A message is kept only if its stream ends normally. The token is
+        // cancelled when tonic drops this handler (the client cancelled or
+        // reset the call) or when the client's own deadline passes; the put
+        // then keeps nothing of the message.
+        let cancel = CancellationToken::new();
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let deadline = grpc_timeout(request.metadata()).map(|timeout| {
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                cancel.cancel();
+            })
+        });
+        let result = self.put(request, cancel).await;
+        if let Some(timer) = deadline {
+            timer.abort();
+        }
+        result
     }
 
     async fn handshake(
@@ -265,6 +317,7 @@ impl FlightService for SyncService {
     ) -> Result<Response<Self::HandshakeStream>, Status> {
         unimplemented("handshake")
     }
+
     async fn list_flights(
         &self,
         _: Request<Criteria>,

@@ -20,13 +20,14 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use serde_json::json;
 
-use super::location::{log_store, TableLocation};
+use super::location::log_store;
 use super::merge::{
     build_upserts, check_squashed, keep_rows, plan_schema, FillRows, KeyIndex, SchemaPlan,
 };
 use super::prune::AffectedKeys;
 use super::table::{load_with, marker_app_id, read_file, state_of, TableState};
 use super::LakeError;
+use crate::identity::TableId;
 use crate::sync::changes::Squashed;
 
 /// Data files are rolled over at about this size.
@@ -41,7 +42,8 @@ const COMMIT_INFO_KEY: &str = "flightlog";
 pub struct CommitMarker {
     /// Identity of the WAL the flushed frames come from.
     pub wal_id: String,
-    /// Highest Lsn the flush covers; recorded as the txn version.
+    /// Commit Lsn of the last transaction the flush covers; recorded as the
+    /// txn version (every transaction of the table at or below it applied).
     pub lsn: u64,
     /// Highest sequence number per origin covered by the flush, recorded in
     /// `commitInfo` for operators and recovery tools.
@@ -84,7 +86,7 @@ pub enum ApplyOutcome {
 /// retry when [`LakeError::is_retryable`]: the retry reloads the table, so a
 /// concurrent writer's commit is merged against, never overwritten.
 pub async fn apply(
-    location: &TableLocation,
+    location: &TableId,
     squashed: &Squashed,
     marker: &CommitMarker,
 ) -> Result<ApplyOutcome, LakeError> {
@@ -97,7 +99,7 @@ pub async fn apply(
 /// does not exist and is created), so a flush that read the table's marker
 /// does not read its log a second time.
 pub async fn apply_to(
-    location: &TableLocation,
+    location: &TableId,
     state: Option<&TableState>,
     squashed: &Squashed,
     marker: &CommitMarker,
@@ -116,7 +118,7 @@ pub async fn apply_to(
 /// commit then meets delta-rs's conflict checker).
 pub(crate) async fn apply_on(
     state: &TableState,
-    location: &TableLocation,
+    location: &TableId,
     squashed: &Squashed,
     marker: &CommitMarker,
 ) -> Result<ApplyOutcome, LakeError> {
@@ -127,7 +129,7 @@ pub(crate) async fn apply_on(
             return Ok(ApplyOutcome::AlreadyApplied { recorded_lsn });
         }
     }
-    check_supported(state, location)?;
+    super::check_writable(state)?;
     let plan = plan_schema(Some(state.schema()), squashed)?;
     let merged = merge(state, &plan, squashed, location).await?;
     crate::failpoint::hit("flush-after-parquet-write");
@@ -137,7 +139,7 @@ pub(crate) async fn apply_on(
 /// Creates the table from the flush's columns (first commit, no data).
 async fn create(
     store: LogStoreRef,
-    location: &TableLocation,
+    location: &TableId,
     squashed: &Squashed,
 ) -> Result<TableState, LakeError> {
     let plan = plan_schema(None, squashed)?;
@@ -148,7 +150,7 @@ async fn create(
         // A concurrent creator may win the race: then use its table.
         .with_save_mode(SaveMode::Ignore)
         .await
-        .map_err(|source| LakeError::delta("create", &location.url, source))?;
+        .map_err(|source| LakeError::delta("create", location.url(), source))?;
     state_of(table, store, location)
 }
 
@@ -165,30 +167,6 @@ fn delta_schema(fields: &[FieldRef]) -> Result<StructType, LakeError> {
     })
 }
 
-/// Rewriting files must not lose anything the table encodes outside the
-/// Parquet columns.
-fn check_supported(state: &TableState, location: &TableLocation) -> Result<(), LakeError> {
-    let unsupported = |reason| LakeError::UnsupportedTable {
-        table: location.url.to_string(),
-        reason,
-    };
-    let snapshot = state
-        .table
-        .snapshot()
-        .map_err(|source| LakeError::delta("read snapshot", &location.url, source))?;
-    if !snapshot.metadata().partition_columns().is_empty() {
-        return Err(unsupported("partitioned tables are not supported"));
-    }
-    let mapping = snapshot
-        .metadata()
-        .configuration()
-        .get("delta.columnMapping.mode");
-    if mapping.is_some_and(|mode| !mode.eq_ignore_ascii_case("none")) {
-        return Err(unsupported("column mapping is not supported"));
-    }
-    Ok(())
-}
-
 /// The new data files and the files they replace.
 struct Merged {
     adds: Vec<Action>,
@@ -202,7 +180,7 @@ async fn merge(
     state: &TableState,
     plan: &SchemaPlan,
     squashed: &Squashed,
-    location: &TableLocation,
+    location: &TableId,
 ) -> Result<Merged, LakeError> {
     let key_fields = table_key_fields(plan, squashed)?;
     let index = KeyIndex::new(key_fields.clone(), squashed)?;
@@ -222,7 +200,7 @@ async fn merge(
         .any(|file| file.deletion_vector_descriptor().is_some())
     {
         return Err(LakeError::UnsupportedTable {
-            table: location.url.to_string(),
+            table: location.to_string(),
             reason: "deletion vectors are not supported",
         });
     }
@@ -273,21 +251,21 @@ struct Writer<'a> {
     inner: RecordBatchWriter,
     mode: WriteMode,
     rows: u64,
-    location: &'a TableLocation,
+    location: &'a TableId,
 }
 
 impl<'a> Writer<'a> {
     fn new(
         state: &TableState,
         plan: &SchemaPlan,
-        location: &'a TableLocation,
+        location: &'a TableId,
     ) -> Result<Self, LakeError> {
         let properties = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .build();
         let inner = RecordBatchWriter::for_table(&state.table)
-            .map_err(|source| LakeError::delta("open writer", &location.url, source))?
+            .map_err(|source| LakeError::delta("open writer", location.url(), source))?
             .with_target_file_size(TARGET_FILE_BYTES)
             .with_writer_properties(properties);
         // New columns widen the writer's schema on the first batch.
@@ -312,13 +290,13 @@ impl<'a> Writer<'a> {
         self.inner
             .write_with_mode(batch, self.mode)
             .await
-            .map_err(|source| LakeError::delta("write data", &self.location.url, source))
+            .map_err(|source| LakeError::delta("write data", self.location.url(), source))
     }
 
     async fn finish(mut self) -> Result<Vec<Action>, LakeError> {
         let adds =
             self.inner.flush().await.map_err(|source| {
-                LakeError::delta("finish data files", &self.location.url, source)
+                LakeError::delta("finish data files", self.location.url(), source)
             })?;
         Ok(adds.into_iter().map(Action::Add).collect())
     }
@@ -327,13 +305,13 @@ impl<'a> Writer<'a> {
 /// Commits removes + adds (+ evolved metadata) + the txn marker as one version.
 async fn commit(
     state: &TableState,
-    location: &TableLocation,
+    location: &TableId,
     plan: &SchemaPlan,
     merged: Merged,
     marker: &CommitMarker,
     txn_version: i64,
 ) -> Result<ApplyOutcome, LakeError> {
-    let error = |operation| move |source| LakeError::delta(operation, &location.url, source);
+    let error = |operation| move |source| LakeError::delta(operation, location.url(), source);
     let snapshot = state.table.snapshot().map_err(error("read snapshot"))?;
     let files_added = merged.adds.len();
     let files_removed = merged.removes.len();
@@ -357,7 +335,7 @@ async fn commit(
         actions.push(Action::Metadata(metadata));
     }
     actions.push(Action::Txn(Transaction::new(
-        marker_app_id(&marker.wal_id),
+        marker_app_id(&marker.wal_id, location),
         txn_version,
     )));
     let operation = if files_removed == 0 {

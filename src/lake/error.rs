@@ -11,14 +11,6 @@ use parquet::errors::ParquetError;
 /// and a committed Delta version.
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
-    /// The table path supplied by a client is not a safe relative path.
-    #[error("invalid table path {path:?}: {reason}")]
-    InvalidTablePath { path: String, reason: &'static str },
-
-    /// The store root cannot host tables (unknown scheme, not a base URL).
-    #[error("unsupported store root {url}: {reason}")]
-    UnsupportedStore { url: String, reason: &'static str },
-
     /// A flushed column has a type the table does not (should have been
     /// rejected at put time).
     #[error("column {column:?} has type {flush_type} in the flush but {table_type} in the table")]
@@ -46,6 +38,20 @@ pub enum LakeError {
     /// rewrites files.
     #[error("table {table} is not supported: {reason}")]
     UnsupportedTable { table: String, reason: &'static str },
+
+    /// The table uses a Delta feature or property this writer cannot keep
+    /// correct (see `lake::features`).
+    #[error("table {table} cannot be written by flightlog: {reason}")]
+    UnsupportedFeature { table: String, reason: String },
+
+    /// An object store operation of a probe failed.
+    #[error("store of table {table}: cannot {operation}: {source}")]
+    Store {
+        operation: &'static str,
+        table: String,
+        #[source]
+        source: object_store::Error,
+    },
 
     /// The squashed input breaks its own contract (a bug upstream).
     #[error("squashed changes violate their contract: {reason}")]
@@ -98,8 +104,8 @@ impl LakeError {
             LakeError::Parquet { source, .. } => {
                 matches!(source, ParquetError::External(_) | ParquetError::EOF(_))
             }
-            LakeError::InvalidTablePath { .. }
-            | LakeError::UnsupportedStore { .. }
+            LakeError::Store { source, .. } => store_is_retryable(source),
+            LakeError::UnsupportedFeature { .. }
             | LakeError::TypeConflict { .. }
             | LakeError::KeyColumnMissing { .. }
             | LakeError::UnsupportedType { .. }
@@ -131,6 +137,9 @@ impl LakeError {
 /// Storage and concurrency failures are transient; everything else describes
 /// the table or the request and repeats on retry.
 fn delta_is_retryable(error: &DeltaTableError) -> bool {
+    if source_chain_has_refusal(error) {
+        return false;
+    }
     match error {
         DeltaTableError::ObjectStore { .. }
         | DeltaTableError::Io { .. }
@@ -149,6 +158,33 @@ fn delta_is_retryable(error: &DeltaTableError) -> bool {
         }
         other => source_chain_has_io(other),
     }
+}
+
+/// An object store that refuses the credentials or the operation answers the
+/// same way on every retry.
+pub fn store_is_retryable(error: &object_store::Error) -> bool {
+    !matches!(
+        error,
+        object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. }
+            | object_store::Error::NotSupported { .. }
+            | object_store::Error::UnknownConfigurationKey { .. }
+    )
+}
+
+/// Whether a refusal by the object store (credentials, permissions) is
+/// anywhere in the error's chain.
+fn source_chain_has_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = next {
+        if let Some(store) = cause.downcast_ref::<object_store::Error>() {
+            if !store_is_retryable(store) {
+                return true;
+            }
+        }
+        next = cause.source();
+    }
+    false
 }
 
 /// Kernel and generic errors wrap storage failures several layers deep; a

@@ -11,23 +11,32 @@
 //! and commit `remove(old) + add(new) + [metadata] + txn` as one version.
 //! With no file to rewrite the commit is a plain append.
 //!
-//! Not supported (typed errors, never silent): partitioned tables, column
-//! mapping, deletion vectors on files that must be rewritten.
+//! Every table is named by a [`TableId`](crate::identity::TableId); its
+//! exactly-once marker is a txn action whose `appId` names the WAL and the
+//! table and whose version is the commit Lsn of the last transaction applied.
 //!
-//! [`faults`] is a test seam: a fault-injecting object store behind
-//! `memory://faulty-*` roots.
+//! Not supported (typed errors, never silent, checked at admission and before
+//! each flush by [`check_writable`]): partitioned tables, column mapping,
+//! deletion vectors, change data feed, append-only tables, invariants, check
+//! constraints, generated and identity columns, unknown writer features.
+//!
+//! `faults` (only with the `test-seams` feature, which the test suite turns
+//! on) is a fault-injecting object store behind `memory://faulty-*` roots.
 
 mod apply;
 mod error;
+#[cfg(feature = "test-seams")]
 pub mod faults;
+mod features;
 mod location;
 mod merge;
 mod prune;
 mod table;
 
 pub use apply::{apply, apply_to, ApplyOutcome, CommitMarker};
-pub use error::LakeError;
-pub use location::{sync_local_store, table_location, TableLocation};
+pub use error::{store_is_retryable, LakeError};
+pub use features::{check_writable, probe_store};
+pub use location::sync_local_store;
 pub use merge::delta_arrow_type;
 pub use table::{load_state, read_table, TableState};
 

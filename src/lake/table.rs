@@ -20,16 +20,26 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::location::{log_store, TableLocation};
+use super::location::log_store;
 use super::merge::conform;
 use super::LakeError;
+use crate::identity::TableId;
 
 /// Rows per batch when reading data files back: large enough to amortise
 /// per-batch work, small enough to keep a rewrite's memory flat.
 const READ_BATCH_ROWS: usize = 64 * 1024;
 
-/// The Delta txn `appId` under which a WAL records its applied Lsn.
-pub(crate) fn marker_app_id(wal_id: &str) -> String {
+/// The Delta txn `appId` under which a WAL records the commit Lsn applied to
+/// one table: the WAL identity and the table's [`TableId::marker_tag`], so a
+/// marker written for one table never counts for another even if two ids
+/// ever reach one physical table.
+pub(crate) fn marker_app_id(wal_id: &str, table: &TableId) -> String {
+    format!("flightlog-{wal_id}-{}", table.marker_tag())
+}
+
+/// The `appId` of markers written before they named their table; read only
+/// when a table has no per-table marker of this WAL.
+fn legacy_marker_app_id(wal_id: &str) -> String {
     format!("flightlog-{wal_id}")
 }
 
@@ -39,6 +49,7 @@ pub(crate) fn marker_app_id(wal_id: &str) -> String {
 pub struct TableState {
     pub(crate) table: DeltaTable,
     pub(crate) log_store: LogStoreRef,
+    pub(crate) id: TableId,
     schema: SchemaRef,
 }
 
@@ -55,21 +66,29 @@ impl TableState {
         self.table.version().unwrap_or(0)
     }
 
-    /// The highest Lsn of WAL `wal_id` committed to this table (the version of
-    /// the txn action `flightlog-<wal_id>`), as of this state's version;
-    /// `None` when that WAL never committed here.
+    /// The highest commit Lsn of WAL `wal_id` applied to this table (the
+    /// version of its txn action, see [`marker_app_id`]), as of this state's
+    /// version; `None` when that WAL never committed here.
     pub async fn applied_lsn(&self, wal_id: &str) -> Result<Option<u64>, LakeError> {
-        let app_id = marker_app_id(wal_id);
+        let app_id = marker_app_id(wal_id, &self.id);
+        if let Some(version) = self.txn_version(&app_id).await? {
+            return Ok(Some(version));
+        }
+        self.txn_version(&legacy_marker_app_id(wal_id)).await
+    }
+
+    async fn txn_version(&self, app_id: &str) -> Result<Option<u64>, LakeError> {
         let snapshot = self
             .table
             .snapshot()
             .map_err(|source| LakeError::delta("read snapshot", self.table.table_url(), source))?;
         let version = snapshot
-            .transaction_version(self.log_store.as_ref(), &app_id)
+            .transaction_version(self.log_store.as_ref(), app_id)
             .await
             .map_err(|source| {
                 LakeError::delta("read txn marker", self.table.table_url(), source)
             })?;
+        let app_id = app_id.to_owned();
         version
             .map(|version| {
                 u64::try_from(version).map_err(|_| LakeError::InvalidMarker { app_id, version })
@@ -99,16 +118,16 @@ impl TableState {
 
 /// Loads the newest version of the table at `location`; `Ok(None)` when no
 /// Delta table exists there (no `_delta_log` entry).
-pub async fn load_state(location: &TableLocation) -> Result<Option<TableState>, LakeError> {
-    let store = log_store(location)?;
-    load_with(store, location).await
+pub async fn load_state(table: &TableId) -> Result<Option<TableState>, LakeError> {
+    let store = log_store(table)?;
+    load_with(store, table).await
 }
 
 pub(crate) async fn load_with(
     log_store: LogStoreRef,
-    location: &TableLocation,
+    location: &TableId,
 ) -> Result<Option<TableState>, LakeError> {
-    let error = |operation| move |source| LakeError::delta(operation, &location.url, source);
+    let error = |operation| move |source| LakeError::delta(operation, location.url(), source);
     let exists = log_store
         .is_delta_table_location()
         .await
@@ -124,16 +143,17 @@ pub(crate) async fn load_with(
 pub(crate) fn state_of(
     table: DeltaTable,
     log_store: LogStoreRef,
-    location: &TableLocation,
+    location: &TableId,
 ) -> Result<TableState, LakeError> {
     let schema = table
         .snapshot()
-        .map_err(|source| LakeError::delta("read snapshot", &location.url, source))?
+        .map_err(|source| LakeError::delta("read snapshot", location.url(), source))?
         .snapshot()
         .arrow_schema();
     Ok(TableState {
         table,
         log_store,
+        id: location.clone(),
         schema,
     })
 }
@@ -172,7 +192,7 @@ pub(crate) async fn read_file(
 ///
 /// Meant for tests and tools (it holds the table in memory); readers of real
 /// tables use a query engine.
-pub async fn read_table(location: &TableLocation) -> Result<Vec<RecordBatch>, LakeError> {
+pub async fn read_table(location: &TableId) -> Result<Vec<RecordBatch>, LakeError> {
     let Some(state) = load_state(location).await? else {
         return Ok(Vec::new());
     };

@@ -4,4 +4,5 @@
 
 pub mod changes;
 pub mod layout;
+pub mod origins;
 pub mod squash;

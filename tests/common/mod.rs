@@ -552,7 +552,7 @@ where
 pub async fn table_rows(data_dir: &Path, path: &str) -> Vec<(i64, Option<String>)> {
     let lake = std::path::absolute(data_dir.join("lake")).expect("absolute lake path");
     let root = url::Url::from_directory_path(&lake).expect("a file URL for the lake");
-    let location = flightlog::lake::table_location(&root, path, Default::default())
+    let location = flightlog::identity::TableId::parse(root.as_str(), &Default::default(), path)
         .expect("a valid table location");
     let batches = flightlog::lake::read_table(&location)
         .await

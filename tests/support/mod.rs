@@ -22,12 +22,12 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::{FlightClient, FlightDescriptor};
 use flightlog::flight::Any;
-use flightlog::lake::{read_table, table_location, TableLocation};
+use flightlog::identity::TableId as TableLocation;
+use flightlog::lake::read_table;
 use flightlog::proto::schema::StorageLocation;
 use flightlog::proto::sync::{ColumnDescriptor, ColumnRole, DataSyncCommand, DataSyncResponse};
 use futures::TryStreamExt;
 use prost::Message as _;
-use url::Url;
 
 /// How long any wait in these tests may take before it is a failure.
 pub const DEADLINE: Duration = Duration::from_secs(180);
@@ -888,7 +888,7 @@ pub fn lake_table(data_dir: &Path, path: &str) -> TableLocation {
 }
 
 pub fn store_table(root: &str, path: &str) -> TableLocation {
-    table_location(&Url::parse(root).unwrap(), path, HashMap::new()).unwrap()
+    TableLocation::parse(root, &HashMap::new(), path).unwrap()
 }
 
 // ----------------------------------------------------------------- workload
