@@ -273,7 +273,7 @@ async fn discard(
     let transactions = pending.transactions_of(id);
     println!("table {id}: {} pending transactions:", transactions.len());
     for (origin, sequence) in &transactions {
-        println!("  origin {origin:?} sequence {sequence}");
+        println!("  origin {:?} sequence {sequence}", origin.as_str());
     }
     if !yes {
         println!("nothing changed; run again with --yes to discard them");

@@ -56,9 +56,14 @@ pub const PREFIXED_TYPE_URL: &str = "type.googleapis.com/clade.sync.DataSyncComm
 /// before failing the test (a guard against hangs, not a timing assertion).
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
-/// Path of the `flightlog` binary under test.
+/// Path of the `flightlog` binary under test: `FLIGHTLOG_BIN` when set (to
+/// run the suite against another build, e.g. the release binary or an older
+/// commit), else the one cargo built for this test run.
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_flightlog")
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        std::env::var("FLIGHTLOG_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_flightlog").to_owned())
+    })
 }
 
 // ---------------------------------------------------------------------------
