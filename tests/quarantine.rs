@@ -96,7 +96,10 @@ async fn a_table_that_cannot_flush_is_quarantined_and_can_be_discarded() {
     let deadline = tokio::time::Instant::now() + common::DEADLINE;
     let quarantined = loop {
         let metrics = metrics(&mut client).await;
-        let list = metrics["flush"]["quarantined"].as_array().cloned().unwrap_or_default();
+        let list = metrics["flush"]["quarantined"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if !list.is_empty() {
             break list;
         }
@@ -114,7 +117,8 @@ async fn a_table_that_cannot_flush_is_quarantined_and_can_be_discarded() {
     assert!(table.ends_with("/lake/broken"), "{table}");
     let reason = quarantined[0]["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.to_lowercase().contains("change data feed") || reason.contains("enableChangeDataFeed"),
+        reason.to_lowercase().contains("change data feed")
+            || reason.contains("enableChangeDataFeed"),
         "the reason names the feature: {reason}"
     );
 
@@ -155,7 +159,10 @@ async fn a_table_that_cannot_flush_is_quarantined_and_can_be_discarded() {
     assert!(listing.contains("--yes"), "{listing}");
     let (ok, unknown) = discard_table(&data, "file:///nowhere/t", true);
     assert!(!ok, "an unknown table is an error: {unknown}");
-    assert!(unknown.contains(&table), "lists the pending tables: {unknown}");
+    assert!(
+        unknown.contains(&table),
+        "lists the pending tables: {unknown}"
+    );
     // ... and `--yes` discards them.
     let (ok, discarded) = discard_table(&data, &table, true);
     assert!(ok, "{discarded}");

@@ -62,7 +62,8 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 pub fn binary() -> &'static str {
     static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     BINARY.get_or_init(|| {
-        std::env::var("FLIGHTLOG_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_flightlog").to_owned())
+        std::env::var("FLIGHTLOG_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_flightlog").to_owned())
     })
 }
 
@@ -325,6 +326,25 @@ impl ServeProcess {
     /// must pass stdout through and exit when the node exits; [`Self::pid`]
     /// is then the wrapper's, and [`Self::node_pid`] the node's.
     pub fn start_wrapped(wrapper: &[&str], data_dir: &Path, extra_args: &[&str]) -> ServeProcess {
+        Self::spawn(wrapper, data_dir, extra_args, &[])
+    }
+
+    /// Like [`ServeProcess::start`], with `env` set for the node (for
+    /// example `FLIGHTLOG_FAILPOINT`, which is otherwise removed).
+    pub fn start_with_env(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServeProcess {
+        Self::spawn(&[], data_dir, extra_args, env)
+    }
+
+    fn spawn(
+        wrapper: &[&str],
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServeProcess {
         let log_path = data_dir.with_extension("stderr.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -344,6 +364,7 @@ impl ServeProcess {
             .arg(data_dir)
             .args(extra_args)
             .env_remove("FLIGHTLOG_FAILPOINT")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -410,6 +431,11 @@ impl ServeProcess {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+
+    /// Whether the process has exited (a crash point it was armed with).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// The process spawned (the node, or its wrapper).
