@@ -125,22 +125,33 @@ impl StoreRoot {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        match url.scheme() {
-            "file" => Self::file(location, &url, segments, options),
-            "s3" | "s3a" => Self::s3(location, &url, segments, options),
-            "memory" => Self::memory(location, &url, segments, options),
-            other => Err(bad(&format!(
-                "has scheme {other:?}; supported: file, s3 (s3a), memory"
-            ))),
-        }
+        let (scheme, host, endpoint) = match url.scheme() {
+            "file" => (
+                StoreScheme::File,
+                Self::file(location, &url, &options)?,
+                None,
+            ),
+            "s3" | "s3a" => (
+                StoreScheme::S3,
+                Self::s3(location, &url)?,
+                endpoint_of(&options)?,
+            ),
+            "memory" => (StoreScheme::Memory, Self::memory(location, &url)?, None),
+            other => {
+                return Err(bad(&format!(
+                    "has scheme {other:?}; supported: file, s3 (s3a), memory"
+                )))
+            }
+        };
+        Ok(Self::build(scheme, host, segments, endpoint, options))
     }
 
+    /// The rules of a `file:` root (it has no host).
     fn file(
         location: &str,
         url: &Url,
-        segments: Vec<String>,
-        options: BTreeMap<String, String>,
-    ) -> Result<StoreRoot, IdentityError> {
+        options: &BTreeMap<String, String>,
+    ) -> Result<Option<String>, IdentityError> {
         // `file:relative/x` parses as `file:///relative/x`: refuse what was
         // not written as an absolute path.
         let after_scheme = &location[location.find(':').map_or(0, |i| i + 1)..];
@@ -169,21 +180,11 @@ impl StoreRoot {
                 problem: "are not used by a file store; send none".into(),
             });
         }
-        Ok(Self::build(
-            StoreScheme::File,
-            None,
-            segments,
-            None,
-            options,
-        ))
+        Ok(None)
     }
 
-    fn s3(
-        location: &str,
-        url: &Url,
-        segments: Vec<String>,
-        options: BTreeMap<String, String>,
-    ) -> Result<StoreRoot, IdentityError> {
+    /// The rules of an `s3:` root; its host is the bucket.
+    fn s3(location: &str, url: &Url) -> Result<Option<String>, IdentityError> {
         let bucket = url.host_str().unwrap_or_default();
         check_bucket_name(bucket).map_err(|problem| store_error(location, problem))?;
         if url.port().is_some() {
@@ -192,22 +193,11 @@ impl StoreRoot {
                 "has a port; an S3 endpoint goes in store.options (aws_endpoint_url)",
             ));
         }
-        let endpoint = endpoint_of(&options)?;
-        Ok(Self::build(
-            StoreScheme::S3,
-            Some(bucket.to_owned()),
-            segments,
-            endpoint,
-            options,
-        ))
+        Ok(Some(bucket.to_owned()))
     }
 
-    fn memory(
-        location: &str,
-        url: &Url,
-        segments: Vec<String>,
-        options: BTreeMap<String, String>,
-    ) -> Result<StoreRoot, IdentityError> {
+    /// The rules of a `memory:` root; its host is the store's name.
+    fn memory(location: &str, url: &Url) -> Result<Option<String>, IdentityError> {
         let name = url.host_str().unwrap_or_default().to_ascii_lowercase();
         if name.is_empty() {
             return Err(store_error(
@@ -215,13 +205,7 @@ impl StoreRoot {
                 "names no memory store: memory://name",
             ));
         }
-        Ok(Self::build(
-            StoreScheme::Memory,
-            Some(name),
-            segments,
-            None,
-            options,
-        ))
+        Ok(Some(name))
     }
 
     fn build(

@@ -85,6 +85,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// The configuration and a runtime for a command that runs a node, or the
+/// exit code after saying why not (2: bad configuration, 1: no runtime).
+fn prepare(
+    name: &str,
+    args: ServeArgs,
+    multi_thread: bool,
+) -> Result<(Config, tokio::runtime::Runtime), ExitCode> {
+    let config = Config::resolve(args).map_err(|error| {
+        eprintln!("{name}: {error}");
+        ExitCode::from(2)
+    })?;
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = builder.enable_all().build().map_err(|error| {
+        eprintln!("{name}: cannot start the runtime: {error}");
+        ExitCode::from(1)
+    })?;
+    Ok((config, runtime))
+}
+
 fn run_serve(args: ServeArgs) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -93,22 +116,9 @@ fn run_serve(args: ServeArgs) -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = match Config::resolve(args) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("flightlog serve: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("flightlog serve: cannot start the runtime: {error}");
-            return ExitCode::from(1);
-        }
+    let (config, runtime) = match prepare("flightlog serve", args, true) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
     };
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -228,22 +238,9 @@ fn run_wal(command: WalCommand) -> ExitCode {
 }
 
 fn run_discard(args: ServeArgs, table: &str, yes: bool) -> ExitCode {
-    let config = match Config::resolve(args) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("flightlog wal discard-table: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("flightlog wal discard-table: cannot start the runtime: {error}");
-            return ExitCode::from(1);
-        }
+    let (config, runtime) = match prepare("flightlog wal discard-table", args, false) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
     };
     match runtime.block_on(discard(config, table, yes)) {
         Ok(true) => ExitCode::SUCCESS,

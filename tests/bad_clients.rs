@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
-use arrow_flight::{Action, FlightClient, FlightData, FlightDescriptor};
+use arrow_flight::{FlightData, FlightDescriptor};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt, TryStreamExt};
 use prost::Message;
@@ -284,17 +284,6 @@ async fn truncated_any_is_invalid_argument() {
         "{status:?}"
     );
     assert_eq!(node.durable_lsn(), 0);
-}
-
-async fn metrics(client: &mut FlightClient) -> serde_json::Value {
-    let bodies: Vec<Bytes> = client
-        .do_action(Action::new("metrics", ""))
-        .await
-        .expect("metrics action")
-        .try_collect()
-        .await
-        .expect("metrics body");
-    serde_json::from_slice(&bodies[0]).expect("metrics are JSON")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

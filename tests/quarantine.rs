@@ -15,23 +15,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use arrow_flight::{Action, FlightClient};
 use common::python::{python_with, DELTALAKE};
-use common::{command, put_inserts, table_rows, wait_durable, ServeProcess};
-use futures::TryStreamExt;
+use common::{command, metrics, put_inserts, table_rows, wait_durable, ServeProcess};
 
 const ARGS: &[&str] = &["--max-lag-ms", "20", "--quarantine-retry-ms", "200"];
-
-async fn metrics(client: &mut FlightClient) -> serde_json::Value {
-    let bodies: Vec<_> = client
-        .do_action(Action::new("metrics", ""))
-        .await
-        .expect("metrics action")
-        .try_collect()
-        .await
-        .expect("metrics body");
-    serde_json::from_slice(&bodies[0]).expect("metrics are JSON")
-}
 
 /// Turns on change data feed in the Delta table at `table` with another
 /// writer, as an operator might.

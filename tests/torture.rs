@@ -685,12 +685,7 @@ fn run_seed(seed: u64) -> Outcome {
 }
 
 async fn read_table(data: &Path, path: &str) -> Table {
-    let root = url::Url::from_directory_path(data.join("lake")).expect("url");
-    let location = flightlog::identity::TableId::parse(root.as_str(), &Default::default(), path)
-        .expect("location");
-    let batches = flightlog::lake::read_table(&location)
-        .await
-        .expect("read table");
+    let batches = common::lake_batches(data, path).await;
     let mut table = Table::new();
     for batch in batches {
         let column = |name: &str| {

@@ -704,17 +704,35 @@ where
 // The Delta table
 // ---------------------------------------------------------------------------
 
-/// Every row of the key/value table at `path` under the store root
-/// `<data_dir>/lake` (the node's default store), as `(id, value)`, sorted.
-/// Duplicates are kept, so a change applied twice shows.
-pub async fn table_rows(data_dir: &Path, path: &str) -> Vec<(i64, Option<String>)> {
+/// The batches of the Delta table at `path` under the node's default store
+/// `<data_dir>/lake`, as the lake adapter reads them.
+pub async fn lake_batches(data_dir: &Path, path: &str) -> Vec<RecordBatch> {
     let lake = std::path::absolute(data_dir.join("lake")).expect("absolute lake path");
     let root = url::Url::from_directory_path(&lake).expect("a file URL for the lake");
     let location = flightlog::identity::TableId::parse(root.as_str(), &Default::default(), path)
         .expect("a valid table location");
-    let batches = flightlog::lake::read_table(&location)
+    flightlog::lake::read_table(&location)
         .await
-        .expect("read the Delta table");
+        .expect("read the Delta table")
+}
+
+/// The node's `metrics` action, parsed.
+pub async fn metrics(client: &mut FlightClient) -> serde_json::Value {
+    let bodies: Vec<_> = client
+        .do_action(arrow_flight::Action::new("metrics", ""))
+        .await
+        .expect("metrics action")
+        .try_collect()
+        .await
+        .expect("metrics body");
+    serde_json::from_slice(&bodies[0]).expect("metrics are JSON")
+}
+
+/// Every row of the key/value table at `path` under the store root
+/// `<data_dir>/lake` (the node's default store), as `(id, value)`, sorted.
+/// Duplicates are kept, so a change applied twice shows.
+pub async fn table_rows(data_dir: &Path, path: &str) -> Vec<(i64, Option<String>)> {
+    let batches = lake_batches(data_dir, path).await;
     let mut rows = Vec::new();
     for batch in batches {
         let ids = batch

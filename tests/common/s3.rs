@@ -57,13 +57,17 @@ pub fn start_moto() -> Option<Moto> {
 pub fn create_bucket(endpoint: &str, bucket: &str) {
     use std::io::{Read, Write};
     let address = endpoint.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to moto");
     let request = format!(
         "PUT /{bucket} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
-    stream.write_all(request.as_bytes()).unwrap();
+    stream
+        .write_all(request.as_bytes())
+        .expect("send PUT bucket");
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the answer");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
 
