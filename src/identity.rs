@@ -205,6 +205,14 @@ impl StoreRoot {
                 "names no memory store: memory://name",
             ));
         }
+        // `memory://faulty-*` is the fault-injecting store of the test
+        // seams; a build without them knows no such store.
+        if cfg!(not(feature = "test-seams")) && name.starts_with("faulty-") {
+            return Err(store_error(
+                location,
+                "names the test suite's fault-injecting store, which this build does not have",
+            ));
+        }
         Ok(Some(name))
     }
 

@@ -141,12 +141,16 @@ pub fn command_bytes(command: &DataSyncCommand, type_url: &str) -> Bytes {
 // ---------------------------------------------------------------------------
 
 pub async fn connect(addr: SocketAddr) -> FlightClient {
+    try_connect(addr).await.expect("connect to the node")
+}
+
+/// [`connect`], or the error (a node that may have died meanwhile).
+pub async fn try_connect(addr: SocketAddr) -> Result<FlightClient, tonic::transport::Error> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("valid endpoint")
         .connect()
-        .await
-        .expect("connect to the node");
-    FlightClient::new(channel)
+        .await?;
+    Ok(FlightClient::new(channel))
 }
 
 /// One `do_put` of `command` (bare `type_url`) with `batches`; the schema
