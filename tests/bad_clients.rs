@@ -544,3 +544,48 @@ async fn a_call_dropped_mid_message_keeps_nothing_of_it() {
         "every message whole, none half"
     );
 }
+
+/// Origins are opaque, but bounded: one of more than 1,024 bytes or with a
+/// control character is refused naming `origin`, for probes too (an origin
+/// is written into every frame and every checkpoint: unbounded, a few of
+/// them could make checkpoints unwritable and stop WAL truncation for good).
+/// Nothing is written for them, and the longest allowed origin works.
+#[tokio::test]
+async fn huge_or_control_character_origins_are_refused() {
+    let node = InProcessNode::start(|_| {}).await;
+    let mut client = node.client().await;
+    for (origin, needle) in [
+        ("o".repeat(1025), "1025 bytes long"),
+        ("o".repeat(10 << 20), "bytes long"),
+        ("a\nb".to_owned(), "control character"),
+        ("a\u{0}b".to_owned(), "control character"),
+    ] {
+        for rows in [0..0, 0..3] {
+            let refused = put(
+                &mut client,
+                &command(TABLE, &origin, Some(1)),
+                key_value_schema(),
+                if rows.is_empty() {
+                    vec![]
+                } else {
+                    vec![inserts(rows)]
+                },
+            )
+            .await
+            .expect_err("a bad origin is refused");
+            assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+            assert!(
+                refused.message().starts_with("origin:") && refused.message().contains(needle),
+                "{}",
+                &refused.message()[..refused.message().len().min(200)]
+            );
+        }
+    }
+    let longest = "o".repeat(1024);
+    let answer = put_inserts(&mut client, &command(TABLE, &longest, Some(1)), 0..3).await;
+    assert_eq!(answer.memory_sequence_number, Some(1));
+    let dump = wal_dump(node.dir.path());
+    let data = frames_of_kind(&dump, "data");
+    assert_eq!(data.len(), 1, "only the good origin wrote a frame");
+    assert_eq!(data[0]["origin"], longest.as_str());
+}
