@@ -39,11 +39,64 @@ const ENDPOINT_KEYS: [&str; 4] = [
 /// A location or path a client sent that names no usable table. `field` is
 /// the command field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {value:?} {problem}")]
+#[error("{field}: {} {problem}", shown(value))]
 pub struct IdentityError {
     pub field: &'static str,
     pub value: String,
     pub problem: String,
+}
+
+/// `value` quoted for an error message, cut to its first 200 characters
+/// when longer (a client's megabyte path must not become a megabyte answer).
+fn shown(value: &str) -> String {
+    const SHOWN: usize = 200;
+    match value.char_indices().nth(SHOWN) {
+        None => format!("{value:?}"),
+        Some((end, _)) => format!("{:?}... ({} bytes)", &value[..end], value.len()),
+    }
+}
+
+/// Longest store location, in bytes.
+pub const STORE_LOCATION_BYTES_MAX: usize = 2048;
+/// Most store options, and the longest key and value of one, in bytes.
+pub const STORE_OPTIONS_MAX: usize = 64;
+pub const STORE_OPTION_BYTES_MAX: usize = 4096;
+
+/// The size rules of a store's location and options: both reach every WAL
+/// frame, and the endpoint option the table's identity in every checkpoint.
+fn check_store_size(
+    location: &str,
+    options: &HashMap<String, String>,
+) -> Result<(), IdentityError> {
+    if location.len() > STORE_LOCATION_BYTES_MAX {
+        return Err(store_error(
+            location,
+            format!(
+                "is {} bytes long; at most {STORE_LOCATION_BYTES_MAX}",
+                location.len()
+            ),
+        ));
+    }
+    let option_error = |value: &str, problem: String| IdentityError {
+        field: "store.options",
+        value: value.to_owned(),
+        problem,
+    };
+    if options.len() > STORE_OPTIONS_MAX {
+        return Err(option_error(
+            "",
+            format!("has {} entries; at most {STORE_OPTIONS_MAX}", options.len()),
+        ));
+    }
+    for (key, value) in options {
+        if key.len() > STORE_OPTION_BYTES_MAX || value.len() > STORE_OPTION_BYTES_MAX {
+            return Err(option_error(
+                key,
+                format!("has a key or value longer than {STORE_OPTION_BYTES_MAX} bytes"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn path_error(path: &str, problem: impl Into<String>) -> IdentityError {
@@ -108,6 +161,7 @@ impl StoreRoot {
         options: &HashMap<String, String>,
     ) -> Result<StoreRoot, IdentityError> {
         let bad = |problem: &str| store_error(location, problem);
+        check_store_size(location, options)?;
         if location.chars().any(char::is_control) {
             return Err(bad("contains a control character"));
         }

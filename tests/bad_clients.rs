@@ -589,3 +589,51 @@ async fn huge_or_control_character_origins_are_refused() {
     assert_eq!(data.len(), 1, "only the good origin wrote a frame");
     assert_eq!(data[0]["origin"], longest.as_str());
 }
+
+/// Fields of megabytes (a path, a store location, a store option, a column
+/// name) are refused naming the field, and the answer stays small: the
+/// error quotes at most the start of what was sent.
+#[tokio::test]
+async fn huge_fields_are_refused_with_a_short_answer() {
+    let node = InProcessNode::start(|_| {}).await;
+    let mut client = node.client().await;
+    let huge = "x".repeat(4 << 20);
+    let mut big_path = command(&huge, "huge", Some(1));
+    let mut big_store = command(TABLE, "huge", Some(1));
+    big_store.store = Some(flightlog::proto::schema::StorageLocation {
+        location: format!("file:///{huge}"),
+        ..Default::default()
+    });
+    let mut big_option = command(TABLE, "huge", Some(1));
+    big_option.store = Some(flightlog::proto::schema::StorageLocation {
+        location: "file:///tmp/x".into(),
+        options: [("aws_endpoint_url".to_owned(), huge.clone())].into(),
+        ..Default::default()
+    });
+    let mut big_column = command(TABLE, "huge", Some(1));
+    big_column.column_descriptors[2].name = huge.clone();
+    for (name, cmd, field) in [
+        ("path", big_path.clone(), "path:"),
+        ("store", big_store, "store.location:"),
+        ("option", big_option, "store.options:"),
+        ("column", big_column, "column_descriptors"),
+    ] {
+        let refused = put(&mut client, &cmd, key_value_schema(), vec![inserts(0..1)])
+            .await
+            .expect_err("a huge field is refused");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{name}: {refused}");
+        assert!(
+            refused.message().starts_with(field) && refused.message().len() <= 4096,
+            "{name}: {} bytes: {}",
+            refused.message().len(),
+            &refused.message()[..refused.message().len().min(300)]
+        );
+    }
+    big_path.path = TABLE.into();
+    let answer = put_inserts(&mut client, &big_path, 0..1).await;
+    assert_eq!(
+        answer.memory_sequence_number,
+        Some(1),
+        "the node still serves"
+    );
+}

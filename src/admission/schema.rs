@@ -32,11 +32,23 @@ fn known_column<'a>(
         })
 }
 
-/// Column names free of control characters and distinct ignoring case.
+/// Longest column name, in bytes (as long as a path segment; Hive-style
+/// catalogs take at most 128 characters, Delta itself sets no limit).
+pub const COLUMN_NAME_BYTES_MAX: usize = 255;
+
+/// Column names free of control characters, at most
+/// [`COLUMN_NAME_BYTES_MAX`] bytes, and distinct ignoring case.
 fn distinct_names(fields: &[FieldRef]) -> Result<(), SchemaConflict> {
     let mut seen: HashMap<String, &str> = HashMap::new();
     for field in fields {
         let name = field.name();
+        if name.len() > COLUMN_NAME_BYTES_MAX {
+            let start: String = name.chars().take(40).collect();
+            return Err(SchemaConflict(format!(
+                "column {start:?}... is {} bytes long; at most {COLUMN_NAME_BYTES_MAX}",
+                name.len()
+            )));
+        }
         if name.chars().any(char::is_control) {
             return Err(SchemaConflict(format!(
                 "column {name:?} contains a control character"
