@@ -174,3 +174,8 @@ fn first_is_true_after_a_restart_and_the_numbers_stay_valid() {
     let after = node(&dir, &[]);
     run_scenario(&after, "restart_after");
 }
+
+#[test]
+fn every_field_is_bounded_even_in_a_bare_probe() {
+    scenario("every_field_is_bounded", &[]);
+}

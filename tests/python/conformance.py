@@ -236,6 +236,34 @@ def memory_and_fault_injection_stores_are_refused(node, data):
                                     store=store), KV_SCHEMA, [inserts([1])])
 
 
+@scenario
+def every_field_is_bounded(node, data):
+    """Origins are bounded for every message, the smallest probe included
+    (no path, no descriptors, empty schema); megabyte fields are refused
+    naming the field with a short answer; the longest allowed origin works."""
+    for origin, needle in [("o" * 1025, "1025 bytes long"), ("a\nb", "control character")]:
+        node.expect_refused("INVALID_ARGUMENT", ["origin:", needle], command(origin=origin))
+        node.expect_refused("INVALID_ARGUMENT", ["origin:", needle],
+                            command(path="t", origin=origin, descriptors=KV_DESCRIPTORS,
+                                    sequence=1), KV_SCHEMA, [inserts([1])])
+    huge = "x" * (2 << 20)
+    for field, cmd in [
+        ("path:", command(path=huge, origin="h", descriptors=KV_DESCRIPTORS, sequence=1)),
+        ("store.location:", command(path="t", origin="h", descriptors=KV_DESCRIPTORS,
+                                    sequence=1, store="file:///" + huge)),
+        ("column_descriptors", command(path="t", origin="h", sequence=1, descriptors=[
+            (OLD_PK, "id"), (NEW_PK, "id"), (VALUE, huge)])),
+    ]:
+        refused = node.expect_refused("INVALID_ARGUMENT", [field], cmd, KV_SCHEMA, [inserts([1])])
+        check(len(refused.text) < 8192, f"{field} answer is {len(refused.text)} characters")
+    longest = "o" * 1024
+    answer = node.put(command(path="t", origin=longest, descriptors=KV_DESCRIPTORS, sequence=1),
+                      KV_SCHEMA, [inserts([1])])
+    check(answer["memory_sequence_number"] == 1, f"{answer}")
+    node.wait_durable(longest, 1)
+    check(node.probe(longest)["durable_sequence_number"] == 1, "the longest origin is served")
+
+
 def hostile_cases(data):
     """(label, command kwargs, expected code, needle): every spelling of a
     path or store that cannot be flushed or escapes its root."""
