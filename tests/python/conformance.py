@@ -61,7 +61,7 @@ def bare_probe_is_answered(node, data):
              [inserts(range(3))])
     answer = node.put(command(origin="q"))
     check(answer["memory_sequence_number"] == 4, f"{answer}")
-    check(node.metrics()["wal"]["frames_appended"] == 1, "probes write nothing")
+    # That the probes wrote nothing is checked on the WAL by tests/conformance.rs.
 
 
 @scenario
@@ -101,11 +101,12 @@ def transactions_span_messages_and_replays_write_nothing(node, data):
     last = node.put(command(path="t", origin="x", descriptors=KV_DESCRIPTORS, sequence=10),
                     KV_SCHEMA, [inserts(range(6, 9))])
     check(last["memory_sequence_number"] == 10, f"{last}")
-    frames = node.metrics()["wal"]["frames_appended"]
+    # That the replay writes no frame is checked on the WAL by the Rust side
+    # (tests/conformance.rs): frames_appended also counts the flusher's
+    # checkpoint frames, which may land at any time.
     replay = node.put(command(path="t", origin="x", descriptors=KV_DESCRIPTORS, sequence=10),
                       KV_SCHEMA, [inserts(range(100, 103))])
     check(replay["memory_sequence_number"] == 10, f"{replay}")
-    check(node.metrics()["wal"]["frames_appended"] == frames, "a replay writes nothing")
     node.wait_durable("x", 10)
     check(ids_of(f"{data}/lake/t") == list(range(9)), "the replayed rows are not applied")
 
