@@ -40,17 +40,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::time::{Duration, Instant};
 
 use crate::identity::{Origin, TableId};
-use crate::wal::{Lsn, WalPointer};
+use crate::wal::Lsn;
 
-/// A data frame as the put that wrote it knows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FrameInfo {
-    pub lsn: Lsn,
-    pub pointer: WalPointer,
-    pub rows: u64,
-    /// Frame bytes on disk.
-    pub bytes: u64,
-}
+pub use crate::wal::FrameInfo;
 
 /// One data frame of a complete transaction, waiting to be flushed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -570,7 +562,7 @@ impl Pending {
 mod tests {
     use super::*;
     use crate::identity::{StoreRoot, TablePath};
-    use crate::wal::SegmentId;
+    use crate::wal::{SegmentId, WalPointer};
 
     fn table(name: &str) -> TableId {
         TableId::new(

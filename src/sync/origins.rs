@@ -18,9 +18,9 @@ use prost::Message;
 use tokio::time::Instant;
 
 use crate::identity::{Origin, TableId};
-use crate::pending::FrameInfo;
 use crate::proto::wal::Abort;
 use crate::wal::format::FrameKind;
+use crate::wal::FrameInfo;
 use crate::wal::{Lsn, Wal, WalError};
 
 /// The frames of an origin's open transaction.

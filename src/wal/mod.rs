@@ -54,6 +54,17 @@ impl WalId {
     }
 }
 
+/// A data frame as the put that wrote it knows it: where it is, and its
+/// size in rows and bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameInfo {
+    pub lsn: Lsn,
+    pub pointer: WalPointer,
+    pub rows: u64,
+    /// Frame bytes on disk.
+    pub bytes: u64,
+}
+
 /// Where a frame lives: enough to read it back without any other state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct WalPointer {
