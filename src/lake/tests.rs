@@ -857,85 +857,19 @@ fn unsafe_table_paths_are_rejected() {
 
 // ------------------------------------------------------------------- S3
 
-/// A moto S3 server on a free local port, killed on drop.
-struct Moto {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_moto() -> Option<Moto> {
-    let on_path = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join("moto_server").is_file()))
-        .unwrap_or(false);
-    if !on_path {
-        println!("skipped: moto_server is not on PATH");
-        return None;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = std::process::Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let moto = Moto {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(moto);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    println!("skipped: moto_server did not start listening");
-    None
-}
-
-/// A path-style, unsigned `PUT /bucket` (moto accepts it) over a raw socket.
-fn create_bucket(moto: &Moto, bucket: &str) {
-    use std::io::{Read, Write};
-    let address = moto.endpoint.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    let request = format!("PUT /{bucket} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(
-        response.starts_with("HTTP/1.1 200"),
-        "bucket creation failed: {response}"
-    );
-}
-
-fn s3_options(endpoint: &str) -> HashMap<String, String> {
-    HashMap::from([
-        ("aws_endpoint_url".to_owned(), endpoint.to_owned()),
-        ("aws_region".to_owned(), "us-east-1".to_owned()),
-        ("aws_access_key_id".to_owned(), "test".to_owned()),
-        ("aws_secret_access_key".to_owned(), "test".to_owned()),
-        ("aws_allow_http".to_owned(), "true".to_owned()),
-    ])
-}
+/// The test suite's one moto launcher (tests/common/s3.rs).
+#[path = "../../tests/common/s3.rs"]
+#[allow(unreachable_pub, dead_code)]
+mod moto;
 
 #[tokio::test]
 async fn s3_table_is_created_and_upserted_through_moto() {
-    let Some(moto) = start_moto() else {
+    let Some(moto) = moto::start_moto() else {
         return;
     };
-    create_bucket(&moto, "flightlog-test");
+    moto::create_bucket(&moto.endpoint, "flightlog-test");
     let root = Url::parse("s3://flightlog-test/lake").unwrap();
-    let location = table_location(&root, "orders", s3_options(&moto.endpoint)).unwrap();
+    let location = table_location(&root, "orders", moto::s3_options(&moto.endpoint)).unwrap();
     commit_ok(
         &location,
         &flush(&[], &[insert(1, "a", 1), insert(2, "b", 2)]),
