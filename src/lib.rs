@@ -17,6 +17,7 @@ pub mod pending;
 pub mod put;
 pub mod record;
 mod recovery;
+pub mod replicate;
 pub mod sync;
 pub mod wal;
 
