@@ -237,10 +237,12 @@ impl TableShape {
                             .map_err(|reason| self.bad_value(&value.name, value.pg_type, reason))?;
                         changed.append_value(true);
                     }
-                    Some(Datum::Binary(_)) => return Err(ReplicateError::Malformed(format!(
+                    Some(Datum::Binary(_)) => {
+                        return Err(ReplicateError::Malformed(format!(
                         "table {}: column {} arrived in binary form (the replicator asks for text)",
                         self.name, value.name
-                    ))),
+                    )))
+                    }
                     Some(Datum::Unchanged) => {
                         builder.append_null();
                         changed.append_value(false);

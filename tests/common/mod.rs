@@ -23,6 +23,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod postgres;
 pub mod python;
 
 use std::io::{BufRead, BufReader};
