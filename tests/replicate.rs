@@ -386,7 +386,8 @@ const ITEMS: &str = "CREATE TABLE items (
     ALTER TABLE items ALTER COLUMN big SET STORAGE EXTERNAL;
     CREATE TABLE other (a int4, b text, note text, PRIMARY KEY (a, b));
     CREATE TABLE nokey (x int4, y text);
-    CREATE PUBLICATION pub FOR TABLE items, other, nokey;";
+    CREATE TABLE wide (id int4 PRIMARY KEY, ok text, odd point);
+    CREATE PUBLICATION pub FOR TABLE items, other, nokey, wide (id, ok);";
 
 fn items_insert(range: &str) -> String {
     format!(
@@ -414,7 +415,7 @@ async fn copy_while_writing_then_a_mixed_stream_matches_postgres_row_for_row() {
     pg.batch_execute(&items_insert("1, 100000"))
         .await
         .expect("100k rows");
-    pg.batch_execute("INSERT INTO other SELECT g, 'b' || g, NULL FROM generate_series(1, 50) g; INSERT INTO nokey VALUES (1, 'x')")
+    pg.batch_execute("INSERT INTO other SELECT g, 'b' || g, NULL FROM generate_series(1, 50) g; INSERT INTO nokey VALUES (1, 'x'); INSERT INTO wide VALUES (1, 'a', '(1,2)'), (2, 'b', NULL)")
         .await
         .expect("other rows");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -501,6 +502,8 @@ async fn copy_while_writing_then_a_mixed_stream_matches_postgres_row_for_row() {
     .await;
     // Refused: TRUNCATE and the table without a key.
     transaction(&pg, "INSERT INTO nokey VALUES (2, 'y')").await;
+    // A column list leaves out a column of a type not carried.
+    transaction(&pg, "UPDATE wide SET ok = 'changed', odd = '(3,4)' WHERE id = 1; INSERT INTO wide VALUES (3, 'c', NULL)").await;
     transaction(&pg, "TRUNCATE other").await;
     transaction(&pg, "INSERT INTO other VALUES (1, 'after truncate', NULL)").await;
     let last = transaction(&pg, "UPDATE items SET name = 'last' WHERE id = 99").await;
@@ -516,6 +519,7 @@ async fn copy_while_writing_then_a_mixed_stream_matches_postgres_row_for_row() {
     );
 
     assert_same(&pg, &data_dir, "public", "items").await;
+    assert_same(&pg, &data_dir, "public", "wide").await;
     // `other` was truncated in Postgres, not in Delta (refused): compare
     // what Delta must hold, the rows before the TRUNCATE plus the insert.
     let (_, delta_other) = both_sides(&pg, &data_dir, "public", "other").await;
@@ -564,6 +568,28 @@ async fn copy_while_writing_then_a_mixed_stream_matches_postgres_row_for_row() {
     let log = replicator.log_text();
     assert!(
         log.contains("public.nokey") && log.contains("TRUNCATE"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_of_an_unsupported_type_stops_the_replicator_naming_it() {
+    let server = Postgres::start(&[]);
+    let pg = server.client().await;
+    pg.batch_execute(
+        "CREATE TABLE shapes (id int4 PRIMARY KEY, corner point); \
+         CREATE PUBLICATION pub FOR TABLE shapes",
+    )
+    .await
+    .expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(&dir.path().join("node"), free_port());
+    let mut replicator = Replicator::start(&server, &node, "s_type", dir.path());
+    let status = replicator.child.wait().expect("the replicator exits");
+    assert!(!status.success());
+    let log = replicator.log_text();
+    assert!(
+        log.contains("public.shapes") && log.contains("corner") && log.contains("point"),
         "{log}"
     );
 }

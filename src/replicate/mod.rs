@@ -785,6 +785,7 @@ impl<'a> Session<'a> {
                 type_oid: c.type_oid,
                 type_modifier: c.type_modifier,
                 is_key: c.is_key(),
+                type_name: None,
             })
             .collect();
         let name = format!("{}.{}", relation.namespace, relation.name);

@@ -24,6 +24,9 @@ pub struct ColumnInfo {
     pub type_oid: u32,
     pub type_modifier: i32,
     pub is_key: bool,
+    /// The type's SQL name when known (the catalog has it, a Relation
+    /// message only the oid).
+    pub type_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,7 +96,7 @@ impl TableShape {
                 ReplicateError::UnsupportedType {
                     table: name.clone(),
                     column: info.name.clone(),
-                    pg_type: t,
+                    pg_type: info.type_name.clone().unwrap_or(t),
                 }
             })?;
             let column = Column {

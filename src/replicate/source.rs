@@ -149,7 +149,7 @@ pub async fn publication_tables(
     }
     let rows = client
         .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables \
+            "SELECT schemaname::text, tablename::text, attnames::text[] FROM pg_publication_tables \
              WHERE pubname = $1 ORDER BY 1, 2",
             &[&publication],
         )
@@ -159,7 +159,13 @@ pub async fn publication_tables(
     for row in rows {
         let namespace: String = row.get(0);
         let name: String = row.get(1);
-        tables.push(catalog_table(client, &namespace, &name).await?);
+        // The publication's column list (all columns when it has none).
+        let published: Option<Vec<String>> = row.get(2);
+        let mut table = catalog_table(client, &namespace, &name).await?;
+        if let Some(published) = published {
+            table.columns.retain(|c| published.contains(&c.name));
+        }
+        tables.push(table);
     }
     Ok(tables)
 }
@@ -176,7 +182,8 @@ async fn catalog_table(
                          AND a.attnum = ANY(i.indkey) \
                          AND CASE c.relreplident WHEN 'd' THEN i.indisprimary \
                                                  WHEN 'i' THEN i.indisreplident \
-                                                 ELSE false END) \
+                                                 ELSE false END), \
+               format_type(a.atttypid, a.atttypmod) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                JOIN pg_attribute a ON a.attrelid = c.oid \
              WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
@@ -196,6 +203,7 @@ async fn catalog_table(
             type_oid: u32::try_from(oid).unwrap_or(0),
             type_modifier: row.get(3),
             is_key: row.get(4),
+            type_name: row.get(5),
         });
     }
     Ok(CatalogTable {
