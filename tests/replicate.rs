@@ -710,3 +710,137 @@ fn arrow_columns_have_the_replicators_types() {
     let column = builder.finish().expect("a column");
     assert_eq!(render(&[column]), vec![vec!["-1.50".to_string()]]);
 }
+
+/// The figures in BENCHMARKS.md (not a test: no assertion on timings).
+/// `FLIGHTLOG_REPLICATE_BENCH_ROWS` (default 200000) rows are copied, then
+/// `FLIGHTLOG_REPLICATE_BENCH_UPDATES` (default 5000) pgbench-style
+/// single-row updates are streamed, each committed by one client in turn.
+/// Reference measured in the same run: the rate at which Postgres itself
+/// loads the rows and commits the updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test --test replicate replicate_figures -- --ignored --nocapture"]
+async fn replicate_figures() {
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let rows = env("FLIGHTLOG_REPLICATE_BENCH_ROWS", 200_000);
+    let updates = env("FLIGHTLOG_REPLICATE_BENCH_UPDATES", 5_000);
+    let server = Postgres::start(&[]);
+    let pg = server.client().await;
+    pg.batch_execute(
+        "CREATE TABLE accounts (aid int4 PRIMARY KEY, bid int4, abalance int4, filler char(84)); \
+         CREATE PUBLICATION pub FOR TABLE accounts",
+    )
+    .await
+    .expect("schema");
+    let started = std::time::Instant::now();
+    pg.batch_execute(&format!(
+        "INSERT INTO accounts SELECT g, g / 100000, 0, '' FROM generate_series(1, {rows}) g"
+    ))
+    .await
+    .expect("load");
+    let load_seconds = started.elapsed().as_secs_f64();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("node");
+    let node = Node::start(&data_dir, free_port());
+    let started = std::time::Instant::now();
+    let mut replicator = Replicator::start(&server, &node, "s_bench", dir.path());
+    let consistent = loop {
+        replicator.assert_running();
+        if let (Some(memory), Some(durable)) =
+            node_numbers(&node, "s_bench", "public/accounts").await
+        {
+            if memory > 1 && durable >= memory {
+                break memory;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let copy_seconds = started.elapsed().as_secs_f64();
+    eprintln!("copy done at {consistent:X}");
+
+    // Streamed updates: one client commits them in turn; a probe loop
+    // notes when each becomes durable.
+    let mut rng = Rng(42);
+    let mut commits = Vec::with_capacity(updates as usize);
+    let started = std::time::Instant::now();
+    let samples = Arc::new(std::sync::Mutex::new(
+        Vec::<(std::time::Instant, u64)>::new(),
+    ));
+    let poller = {
+        let url = node.url().replace("grpc://", "http://");
+        let samples = Arc::clone(&samples);
+        tokio::spawn(async move {
+            let mut client = NodeClient::connect(&url, "s_bench").await.expect("connect");
+            loop {
+                let numbers = client.probe("public/accounts").await.expect("probe");
+                let durable = numbers.durable_sequence_number.unwrap_or(0);
+                {
+                    let mut samples = samples.lock().expect("samples");
+                    if samples.last().is_none_or(|s| s.1 < durable) {
+                        samples.push((std::time::Instant::now(), durable));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    for _ in 0..updates {
+        let aid = 1 + rng.below(rows);
+        let delta = rng.below(10_000) as i64 - 5_000;
+        let lsn = transaction(
+            &pg,
+            &format!("UPDATE accounts SET abalance = abalance + {delta} WHERE aid = {aid}"),
+        )
+        .await;
+        commits.push((std::time::Instant::now(), lsn));
+    }
+    let postgres_seconds = started.elapsed().as_secs_f64();
+    let last = commits.last().map_or(0, |c| c.1);
+    wait_durable(&node, &mut replicator, "s_bench", "public/accounts", last).await;
+    let stream_seconds = started.elapsed().as_secs_f64();
+    // One more sample past the end, then stop the poller.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    poller.abort();
+    let samples = samples.lock().expect("samples").clone();
+    // Lag of a commit: from COMMIT returning to the first probe that saw
+    // the node durable at or past it (the insert LSN just before COMMIT).
+    let mut lags: Vec<f64> = commits
+        .iter()
+        .filter_map(|(at, lsn)| {
+            let index = samples.partition_point(|s| s.1 < *lsn);
+            samples
+                .get(index)
+                .map(|s| s.0.saturating_duration_since(*at).as_secs_f64() * 1e3)
+        })
+        .collect();
+    lags.sort_by(f64::total_cmp);
+    let quantile = |q: f64| {
+        lags.get(((lags.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    eprintln!(
+        "lag commit -> durable in Delta over {} commits: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        lags.len(),
+        quantile(0.5),
+        quantile(0.99),
+        quantile(1.0)
+    );
+    eprintln!(
+        "copy: {rows} rows in {copy_seconds:.2} s = {:.0} rows/s (Postgres loads them at {:.0} rows/s: ratio {:.3})",
+        rows as f64 / copy_seconds,
+        rows as f64 / load_seconds,
+        load_seconds / copy_seconds
+    );
+    eprintln!(
+        "stream: {updates} updates durable in {stream_seconds:.2} s = {:.0} tx/s (Postgres commits them at {:.0} tx/s: ratio {:.3})",
+        updates as f64 / stream_seconds,
+        updates as f64 / postgres_seconds,
+        postgres_seconds / stream_seconds
+    );
+}
