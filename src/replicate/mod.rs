@@ -441,6 +441,7 @@ impl<'a> Session<'a> {
         carried: &[(source::CatalogTable, Arc<TableShape>)],
     ) -> Result<ReplicationClient, ReplicateError> {
         self.status.phase = "copy".into();
+        write_status(self.settings, self.status);
         let mut client = ReplicationClient::connect_gated(self.replication_config(0))
             .await
             .map_err(stream_error)?;
@@ -481,7 +482,7 @@ impl<'a> Session<'a> {
             .await
             .map_err(source::pg_error)?;
         let response = self.node.close(&self.probe_path, consistent_point).await?;
-        self.record(&response);
+        self.record_checked(&response)?;
         self.processed = consistent_point;
         client.start().await.map_err(stream_error)?;
         self.status.phase = "streaming".into();
@@ -528,7 +529,8 @@ impl<'a> Session<'a> {
             }
             copied += changes.len() as u64;
             let batch = shape.batch(&changes)?;
-            self.node
+            let response = self
+                .node
                 .put(
                     &shape.path,
                     shape.descriptors(),
@@ -537,6 +539,8 @@ impl<'a> Session<'a> {
                     None,
                 )
                 .await?;
+            // A node that restarted meanwhile dropped the copy so far.
+            self.record_checked(&response)?;
             let rate = copied as f64 / started.elapsed().as_secs_f64().max(1e-9);
             self.status.copy_rows.insert(shape.name.clone(), copied);
             self.status
