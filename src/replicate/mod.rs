@@ -408,8 +408,7 @@ impl<'a> Session<'a> {
             }
             None => session.copy(&carried).await?,
         };
-        drop(sql);
-        session.stream(client).await
+        session.stream(client, &sql).await
     }
 
     fn replication_config(&self, start: PgLsn) -> ReplicationConfig {
@@ -593,7 +592,12 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    async fn stream(&mut self, mut client: ReplicationClient) -> Result<(), ReplicateError> {
+    /// `sql` is a session for the server's current position (lag).
+    async fn stream(
+        &mut self,
+        mut client: ReplicationClient,
+        sql: &tokio_postgres::Client,
+    ) -> Result<(), ReplicateError> {
         let mut poll = tokio::time::interval(Duration::from_millis(
             self.settings.args.durable_poll_ms.max(10),
         ));
@@ -609,7 +613,14 @@ impl<'a> Session<'a> {
                     }
                 }
                 _ = poll.tick() => self.confirm(&client).await?,
-                _ = progress.tick() => self.progress(),
+                _ = progress.tick() => {
+                    // The server's insert position, not the walsender's:
+                    // a backlog not yet decoded is lag too.
+                    if let Ok(current) = source::current_lsn(sql).await {
+                        self.server_position = self.server_position.max(current);
+                    }
+                    self.progress();
+                }
             }
         }
     }
