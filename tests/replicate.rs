@@ -106,6 +106,16 @@ struct Replicator {
 
 impl Replicator {
     fn start(pg: &Postgres, node: &Node, slot: &str, dir: &Path) -> Replicator {
+        Self::start_with(pg, node, slot, dir, &["--idle-confirm-ms", "0"])
+    }
+
+    fn start_with(
+        pg: &Postgres,
+        node: &Node,
+        slot: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> Replicator {
         let status_file = dir.join(format!("{slot}.status.json"));
         let log = dir.join(format!("{slot}.replicate.log"));
         let log_file = std::fs::OpenOptions::new()
@@ -116,7 +126,8 @@ impl Replicator {
         let child = Command::new(common::binary())
             .args(["replicate", "--postgres", &pg.url(), "--publication", "pub"])
             .args(["--slot", slot, "--node", &node.url()])
-            .args(["--idle-confirm-ms", "0", "--durable-poll-ms", "50"])
+            .args(["--durable-poll-ms", "50"])
+            .args(extra)
             .args([
                 "--status-interval-ms",
                 "100",
@@ -592,6 +603,53 @@ async fn a_column_of_an_unsupported_type_stops_the_replicator_naming_it() {
         log.contains("public.shapes") && log.contains("corner") && log.contains("point"),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_slot_moves_on_through_the_node_and_never_ahead_of_it() {
+    let server = Postgres::start(&[]);
+    let pg = server.client().await;
+    pg.batch_execute(
+        "CREATE TABLE quiet (id int4 PRIMARY KEY); CREATE TABLE busy (id int4); \
+         INSERT INTO quiet VALUES (1); CREATE PUBLICATION pub FOR TABLE quiet",
+    )
+    .await
+    .expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = Node::start(&dir.path().join("node"), free_port());
+    let mut replicator = Replicator::start_with(
+        &server,
+        &node,
+        "s_idle",
+        dir.path(),
+        &["--idle-confirm-ms", "300"],
+    );
+    // Only an unpublished table is written: nothing reaches the node, yet
+    // the slot must not keep pinning the WAL written after it.
+    let written = transaction(&pg, "INSERT INTO busy SELECT generate_series(1, 1000)").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        replicator.assert_running();
+        let confirmed = slot_confirmed(&pg, "s_idle").await.unwrap_or(0);
+        let (_, durable) = node_numbers(&node, "s_idle", "public/quiet").await;
+        assert!(
+            Some(confirmed) <= durable || durable <= Some(1),
+            "confirmed {confirmed:X} passed durable {durable:?}"
+        );
+        if confirmed > written {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle slot never moved past {written:X} (confirmed {confirmed:X}); log:\n{}",
+            replicator.log_text()
+        );
+        // Keep the server writing WAL the slot does not publish.
+        pg.batch_execute("INSERT INTO busy VALUES (0)")
+            .await
+            .expect("write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A tiny deterministic generator (the loop is reproducible from its seed).
