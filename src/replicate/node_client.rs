@@ -7,6 +7,8 @@
 //! [`ReplicateError::Node`], after which the caller reconnects and resumes
 //! from what the node acknowledged.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::{Schema, SchemaRef};
@@ -31,21 +33,52 @@ pub struct NodeClient {
     url: String,
     origin: String,
     client: FlightClient,
+    /// Connections made so far (1 while the first one lasts).
+    connections: Arc<AtomicU64>,
 }
 
 impl NodeClient {
+    /// Connects (one HTTP/2 connection). tonic would reconnect silently
+    /// after a break, but a node that restarted meanwhile has dropped the
+    /// origin's open transaction, and its `first = true` may have gone to
+    /// another client of the same origin; so every put fails with
+    /// [`ReplicateError::Node`] once a second connection was made, and the
+    /// caller starts a new session.
     pub async fn connect(url: &str, origin: &str) -> Result<NodeClient, ReplicateError> {
+        let connections = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&connections);
+        let connector = tower::service_fn(move |uri: tonic::transport::Uri| {
+            let counter = Arc::clone(&counter);
+            async move {
+                let host = uri.host().unwrap_or("127.0.0.1").to_string();
+                let port = uri.port_u16().unwrap_or(80);
+                let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                stream.set_nodelay(true)?;
+                counter.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        });
         let channel = tonic::transport::Endpoint::from_shared(url.to_string())
             .map_err(|e| ReplicateError::Usage(format!("--node {url}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
-            .connect()
+            .connect_with_connector(connector)
             .await
             .map_err(|e| ReplicateError::Node(format!("cannot connect to {url}: {e}")))?;
         Ok(NodeClient {
             url: url.to_string(),
             origin: origin.to_string(),
             client: FlightClient::new(channel),
+            connections,
         })
+    }
+
+    fn check_connection(&self) -> Result<(), ReplicateError> {
+        if self.connections.load(Ordering::SeqCst) > 1 {
+            return Err(ReplicateError::Node(
+                "the connection to the node was made again (the node may have restarted)".into(),
+            ));
+        }
+        Ok(())
     }
 
     pub fn url(&self) -> &str {
@@ -96,6 +129,9 @@ impl NodeClient {
                     results.len()
                 )));
             };
+            // Checked after the answer: the put may have been the one that
+            // reconnected, to a node that lost what this session sent.
+            self.check_connection()?;
             let response = DataSyncResponse::decode(result.app_metadata.as_ref()).map_err(|e| {
                 ReplicateError::Node(format!("the node's answer is not a DataSyncResponse: {e}"))
             })?;
@@ -109,14 +145,8 @@ impl NodeClient {
 
     /// A probe: no rows, no sequence; the origin's current numbers.
     pub async fn probe(&mut self, path: &str) -> Result<DataSyncResponse, ReplicateError> {
-        self.put(
-            path,
-            &[],
-            std::sync::Arc::new(Schema::empty()),
-            Vec::new(),
-            None,
-        )
-        .await
+        self.put(path, &[], Arc::new(Schema::empty()), Vec::new(), None)
+            .await
     }
 
     /// A transaction without rows at `sequence` (closes an open one).
@@ -128,7 +158,7 @@ impl NodeClient {
         self.put(
             path,
             &[],
-            std::sync::Arc::new(Schema::empty()),
+            Arc::new(Schema::empty()),
             Vec::new(),
             Some(sequence),
         )
