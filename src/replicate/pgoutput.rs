@@ -763,7 +763,10 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(4_000))]
+        // FLIGHTLOG_FUZZ_CASES raises the case count, as for the WAL targets.
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("FLIGHTLOG_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(4_000)
+        ))]
         #[test]
         fn decoding_random_bytes_never_panics(data in proptest::collection::vec(any::<u8>(), 0..256)) {
             fuzz_check(&data);
