@@ -17,6 +17,7 @@ pub mod pending;
 pub mod put;
 pub mod record;
 mod recovery;
+pub mod replicate;
 pub mod stored_types;
 pub mod sync;
 pub mod wal;

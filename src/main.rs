@@ -27,6 +27,9 @@ struct Cli {
 enum Command {
     /// Run the ingest node (Arrow Flight do_put on --listen).
     Serve(Box<ServeArgs>),
+    /// Replicate a Postgres publication into the node (logical replication,
+    /// pgoutput): an initial copy, then the stream; a client of the node.
+    Replicate(Box<flightlog::replicate::ReplicateArgs>),
     /// Inspect a write-ahead log directory (read-only, no lock taken).
     Wal {
         #[command(subcommand)]
@@ -82,6 +85,34 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => run_serve(*args),
         Command::Wal { command } => run_wal(command),
+        Command::Replicate(args) => run_replicate(*args),
+    }
+}
+
+fn run_replicate(args: flightlog::replicate::ReplicateArgs) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("flightlog replicate: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(flightlog::replicate::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("flightlog replicate: {error}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -24,6 +24,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod model;
+pub mod postgres;
 pub mod python;
 pub mod s3;
 

@@ -1,0 +1,947 @@
+//! `flightlog replicate`: a Postgres logical replication source that is an
+//! ordinary client of a node. It reads the publication's tables from a
+//! `pgoutput` slot (an initial copy in the slot's exported snapshot, then
+//! the stream) and pushes them to the node over Flight `do_put`; each
+//! Postgres transaction is one sync transaction whose sequence number is its
+//! commit LSN. Postgres learns a flush position only once the node reports
+//! that transaction durable (or, with `--confirm memory`, fsynced in its WAL).
+//!
+//! Restart rules (the node's sequence numbers for the origin are the only
+//! state; the replicator keeps none of its own):
+//! - Before the copy the replicator closes an empty transaction at
+//!   [`COPY_MARKER`] (sequence 1); the copy is one transaction closed at the
+//!   slot's consistent point. So `memory > 1` means "the copy is complete".
+//! - Every session starts by closing an empty transaction at the node's
+//!   `memory` sequence: the node treats it as a resend and discards whatever
+//!   the previous session left open (half a transaction, half a copy).
+//! - Slot present, copy incomplete: the slot is dropped and made again (its
+//!   snapshot is gone) and the copy starts over. Slot missing or starting
+//!   after `memory` once the copy is complete, or invalidated: stop with an
+//!   error, since streaming would skip changes.
+//! - Transactions whose commit LSN is at or below `memory` are already in
+//!   the node and are skipped when Postgres sends them again.
+
+pub mod node_client;
+pub mod pgoutput;
+pub mod rows;
+pub mod source;
+pub mod types;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig};
+use serde::Serialize;
+
+use crate::replicate::node_client::{backoff, NodeClient};
+use crate::replicate::pgoutput::{DecodeError, OldTuple, PgLsn, PgOutput, Relation};
+use crate::replicate::rows::{Change, ColumnInfo, Refusal, TableShape};
+use crate::replicate::source::{format_lsn, quote_ident, PgTarget};
+use crate::replicate::types::SESSION_OPTIONS;
+
+/// The sequence of the empty transaction sent before an initial copy.
+pub const COPY_MARKER: u64 = 1;
+
+/// When Postgres learns that a transaction is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confirm {
+    /// Committed to the Delta table (`durable_sequence_number`).
+    Durable,
+    /// Fsynced into the node's WAL (`memory_sequence_number`).
+    Memory,
+}
+
+/// `flightlog replicate` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReplicateArgs {
+    /// Postgres connection URL, e.g. postgres://USER@127.0.0.1:5432/DB
+    /// (the user needs the REPLICATION attribute).
+    #[arg(long)]
+    pub postgres: String,
+    /// The publication whose tables are replicated.
+    #[arg(long)]
+    pub publication: String,
+    /// The logical replication slot (created with pgoutput if missing).
+    #[arg(long)]
+    pub slot: String,
+    /// The node's Flight address.
+    #[arg(long, default_value = "grpc://127.0.0.1:47470")]
+    pub node: String,
+    /// The protocol origin [default: the slot name].
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// Confirm a Postgres transaction once the node has it durable (in
+    /// Delta) or in memory (fsynced into its WAL).
+    #[arg(long, value_enum, default_value_t = Confirm::Durable)]
+    pub confirm: Confirm,
+    /// Standby status update interval, in milliseconds (also while idle).
+    #[arg(long, default_value_t = 1_000)]
+    pub status_interval_ms: u64,
+    /// How often to ask the node for its durable sequence while some
+    /// transaction is not durable yet, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub durable_poll_ms: u64,
+    /// While nothing is in flight, confirm the server's position after this
+    /// many idle milliseconds (through an empty transaction at the node), so
+    /// the slot does not hold WAL that only other tables wrote; 0 = never.
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_confirm_ms: u64,
+    /// Interval of the progress log line and status file, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub progress_interval_ms: u64,
+    /// Write the progress numbers as JSON to this file (replaced atomically).
+    #[arg(long)]
+    pub status_file: Option<PathBuf>,
+    /// Rows per Arrow batch.
+    #[arg(long, default_value_t = 8_192)]
+    pub batch_rows: usize,
+    /// Buffered bytes of one transaction before they are sent to the node
+    /// (the transaction stays open there until its commit).
+    #[arg(long, default_value_t = 16 << 20)]
+    pub put_bytes_max: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicateError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("postgres: {0}")]
+    Postgres(String),
+    #[error("replication stream: {0}")]
+    Stream(String),
+    #[error("node: {0}")]
+    Node(String),
+    #[error("the node refused a put to {path}: {message}")]
+    Refused { path: String, message: String },
+    #[error("table {table}: column {column} has type {pg_type}, which the replicator does not carry (see the type table in README.md)")]
+    UnsupportedType {
+        table: String,
+        column: String,
+        pg_type: String,
+    },
+    #[error("table {table}: column {column} ({pg_type}): {reason}")]
+    BadValue {
+        table: String,
+        column: String,
+        pg_type: String,
+        reason: String,
+    },
+    #[error("malformed change: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("slot {slot}: {reason}")]
+    Slot { slot: String, reason: String },
+}
+
+impl ReplicateError {
+    /// Worth a new session (connection lost, node restarted), not a stop.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ReplicateError::Node(_) | ReplicateError::Stream(_) | ReplicateError::Postgres(_)
+        )
+    }
+}
+
+fn stream_error(error: pgwire_replication::PgWireError) -> ReplicateError {
+    ReplicateError::Stream(error.to_string())
+}
+
+/// The progress numbers (log line, status file).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Status {
+    pub phase: String,
+    pub sessions: u64,
+    pub copy_rows: BTreeMap<String, u64>,
+    pub copy_rows_per_second: BTreeMap<String, f64>,
+    pub transactions_streamed: u64,
+    pub transactions_skipped: u64,
+    pub changes_streamed: u64,
+    pub node_memory_sequence: Option<u64>,
+    pub node_durable_sequence: Option<u64>,
+    pub confirmed_lsn: Option<String>,
+    pub lag_bytes: u64,
+    pub lag_seconds: f64,
+    /// Tables of the publication that are not carried, and why.
+    pub tables_refused: BTreeMap<String, String>,
+    /// TRUNCATEs not applied, per table.
+    pub truncates_refused: BTreeMap<String, u64>,
+    pub last_error: Option<String>,
+}
+
+struct Settings {
+    args: ReplicateArgs,
+    origin: String,
+    node_url: String,
+    target: PgTarget,
+}
+
+/// Runs the replicator until a non-transient error.
+pub async fn run(args: ReplicateArgs) -> Result<(), ReplicateError> {
+    validate_slot_name(&args.slot)?;
+    let target = PgTarget::parse(&args.postgres)?;
+    let node_url = match args.node.strip_prefix("grpc://") {
+        Some(rest) => format!("http://{rest}"),
+        None => args.node.clone(),
+    };
+    let settings = Settings {
+        origin: args.origin.clone().unwrap_or_else(|| args.slot.clone()),
+        node_url,
+        target,
+        args,
+    };
+    let mut status = Status::default();
+    let mut attempt = 0;
+    loop {
+        status.sessions += 1;
+        let started = Instant::now();
+        let error = match Session::run(&settings, &mut status).await {
+            Ok(()) => return Ok(()),
+            Err(error) => error,
+        };
+        if !error.is_transient() {
+            status.last_error = Some(error.to_string());
+            write_status(&settings, &status);
+            return Err(error);
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            attempt = 0;
+        }
+        tracing::warn!(%error, "replication session ended; resuming from what the node acknowledged");
+        status.last_error = Some(error.to_string());
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt += 1;
+    }
+}
+
+fn validate_slot_name(slot: &str) -> Result<(), ReplicateError> {
+    let valid = !slot.is_empty()
+        && slot.len() <= 63
+        && slot
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ReplicateError::Usage(format!(
+            "--slot {slot:?}: a slot name has 1 to 63 lower-case letters, digits and underscores"
+        )))
+    }
+}
+
+fn write_status(settings: &Settings, status: &Status) {
+    let Some(path) = &settings.args.status_file else {
+        return;
+    };
+    let Ok(json) = serde_json::to_vec_pretty(status) else {
+        return;
+    };
+    let tmp = path.with_extension("tmp");
+    if let Err(error) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, path)) {
+        tracing::warn!(%error, path = %path.display(), "cannot write the status file");
+    }
+}
+
+/// A transaction being received.
+struct Transaction {
+    commit_lsn: PgLsn,
+    skip: bool,
+    /// Changes per table part, in arrival order per table.
+    parts: Vec<Part>,
+    bytes: usize,
+}
+
+struct Part {
+    shape: Arc<TableShape>,
+    changes: Vec<Change>,
+    batches: Vec<RecordBatch>,
+}
+
+/// One replication session: the node connection, the slot, the stream.
+struct Session<'a> {
+    settings: &'a Settings,
+    status: &'a mut Status,
+    node: NodeClient,
+    /// Any carried table's path, for probes and empty transactions.
+    probe_path: String,
+    memory: Option<u64>,
+    durable: Option<u64>,
+    confirmed: u64,
+    shapes: HashMap<u32, Result<Arc<TableShape>, (String, Refusal)>>,
+    transaction: Option<Transaction>,
+    server_position: PgLsn,
+    last_commit_time_micros: i64,
+    processed: PgLsn,
+    idle_since: Instant,
+}
+
+impl<'a> Session<'a> {
+    async fn run(settings: &'a Settings, status: &'a mut Status) -> Result<(), ReplicateError> {
+        let sql = settings.target.connect().await?;
+        source::check_wal_level(&sql).await?;
+        let tables = source::publication_tables(&sql, &settings.args.publication).await?;
+        let mut carried = Vec::new();
+        for table in &tables {
+            match TableShape::new(
+                &table.namespace,
+                &table.name,
+                table.replica_identity,
+                &table.columns,
+            )? {
+                Ok(shape) => carried.push((table.clone(), Arc::new(shape))),
+                Err(refusal) => refuse_table(
+                    status,
+                    &format!("{}.{}", table.namespace, table.name),
+                    &refusal,
+                ),
+            }
+        }
+        let Some(probe_path) = carried.first().map(|(_, shape)| shape.path.clone()) else {
+            return Err(ReplicateError::Usage(format!(
+                "publication {:?} has no table the replicator can carry ({} refused)",
+                settings.args.publication,
+                status.tables_refused.len()
+            )));
+        };
+        let mut node = NodeClient::connect(&settings.node_url, &settings.origin).await?;
+        let numbers = node.probe(&probe_path).await?;
+        let memory = numbers.memory_sequence_number;
+        let copy_done = memory.is_some_and(|m| m > COPY_MARKER);
+        tracing::info!(
+            node = node.url(),
+            origin = %settings.origin,
+            memory = ?memory,
+            durable = ?numbers.durable_sequence_number,
+            first = numbers.first,
+            "connected to the node"
+        );
+        // Discard whatever a previous session left open at the node.
+        let opened = node
+            .close(&probe_path, memory.unwrap_or(COPY_MARKER))
+            .await?;
+        let mut session = Session {
+            settings,
+            status,
+            node,
+            probe_path,
+            memory: opened.memory_sequence_number,
+            durable: opened.durable_sequence_number,
+            confirmed: 0,
+            shapes: HashMap::new(),
+            transaction: None,
+            server_position: 0,
+            last_commit_time_micros: 0,
+            processed: 0,
+            idle_since: Instant::now(),
+        };
+        let slot = source::slot_state(&sql, &settings.args.slot).await?;
+        let slot_name = &settings.args.slot;
+        let slot_error = |reason: String| ReplicateError::Slot {
+            slot: slot_name.clone(),
+            reason,
+        };
+        let client = match slot {
+            Some(state) => {
+                if state.plugin.as_deref() != Some("pgoutput")
+                    || state.database.as_deref() != Some(settings.target.database.as_str())
+                {
+                    return Err(slot_error(format!(
+                        "exists with plugin {:?} on database {:?}, not a pgoutput slot on {:?}",
+                        state.plugin, state.database, settings.target.database
+                    )));
+                }
+                if state.wal_status.as_deref() == Some("lost") {
+                    return Err(slot_error(
+                        "is invalidated (wal_status = lost: the server removed WAL the slot still \
+                         needed, e.g. past max_slot_wal_keep_size); changes are missing. Drop the \
+                         slot and the Delta tables and start again (a new slot makes a new initial copy)"
+                            .into(),
+                    ));
+                }
+                if let Some(pid) = &state.active_pid {
+                    return Err(ReplicateError::Stream(format!(
+                        "slot {slot_name} is in use by server process {pid}"
+                    )));
+                }
+                if !copy_done {
+                    tracing::warn!(slot = %slot_name, "the initial copy did not complete; dropping the slot to copy again in a new snapshot");
+                    sql.batch_execute(&format!(
+                        "SELECT pg_drop_replication_slot({})",
+                        source::quote_literal(slot_name)
+                    ))
+                    .await
+                    .map_err(source::pg_error)?;
+                    session.copy(&carried).await?
+                } else {
+                    let confirmed = state.confirmed_flush.unwrap_or(0);
+                    let memory = session.memory.unwrap_or(0);
+                    if confirmed > memory {
+                        return Err(slot_error(format!(
+                            "starts at {} but the node has this origin only up to {}: streaming \
+                             would skip the changes in between (was the slot dropped and made \
+                             again?). Drop the Delta tables and the slot to start over",
+                            format_lsn(confirmed),
+                            format_lsn(memory)
+                        )));
+                    }
+                    session.confirmed = confirmed;
+                    session.status.phase = "streaming".into();
+                    let client = ReplicationClient::connect(session.replication_config(confirmed))
+                        .await
+                        .map_err(stream_error)?;
+                    client
+                }
+            }
+            None if copy_done => {
+                return Err(slot_error(format!(
+                    "does not exist, but the node holds origin {} up to {}: a new slot would \
+                     start now and skip what changed since. Drop the Delta tables (or use a new \
+                     --origin) to start over with an initial copy",
+                    settings.origin,
+                    format_lsn(session.memory.unwrap_or(0))
+                )))
+            }
+            None => session.copy(&carried).await?,
+        };
+        session.stream(client, &sql).await
+    }
+
+    fn replication_config(&self, start: PgLsn) -> ReplicationConfig {
+        let target = &self.settings.target;
+        let args = &self.settings.args;
+        ReplicationConfig::new(
+            target.host.clone(),
+            target.user.clone(),
+            target.password.clone(),
+            target.database.clone(),
+            args.slot.clone(),
+            args.publication.clone(),
+        )
+        .with_port(target.port)
+        .with_tls(TlsConfig::disabled())
+        .with_start_lsn(Lsn::from_u64(start))
+        .with_ack_lsn(Lsn::from_u64(start))
+        .with_status_interval(Duration::from_millis(args.status_interval_ms.max(10)))
+        .with_wakeup_interval(Duration::from_millis(args.status_interval_ms.max(10)))
+        .with_options(SESSION_OPTIONS)
+        .with_application_name("flightlog-replicate")
+    }
+
+    /// Creates the slot, copies every carried table in its exported
+    /// snapshot as one transaction closed at the consistent point, and
+    /// returns the replication session, ready to stream from there.
+    async fn copy(
+        &mut self,
+        carried: &[(source::CatalogTable, Arc<TableShape>)],
+    ) -> Result<ReplicationClient, ReplicateError> {
+        self.status.phase = "copy".into();
+        write_status(self.settings, self.status);
+        let mut client = ReplicationClient::connect_gated(self.replication_config(0))
+            .await
+            .map_err(stream_error)?;
+        let rows = client
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'export')",
+                quote_ident(&self.settings.args.slot)
+            ))
+            .await
+            .map_err(stream_error)?;
+        let text = |row: &[Option<bytes::Bytes>], i: usize| {
+            row.get(i)
+                .and_then(|v| v.as_ref())
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .ok_or_else(|| {
+                    ReplicateError::Stream("CREATE_REPLICATION_SLOT answered no row".into())
+                })
+        };
+        let row = rows.first().ok_or_else(|| {
+            ReplicateError::Stream("CREATE_REPLICATION_SLOT answered no row".into())
+        })?;
+        let consistent_point = source::parse_lsn(&text(row, 1)?)?;
+        let snapshot = text(row, 2)?;
+        tracing::info!(slot = %self.settings.args.slot, consistent_point = %format_lsn(consistent_point), %snapshot, "created the slot; copying in its snapshot");
+        // A separate session reads in the exported snapshot; it is valid
+        // while the replication session runs no other command.
+        let sql = self.settings.target.connect().await?;
+        sql.batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            source::quote_literal(&snapshot)
+        ))
+        .await
+        .map_err(source::pg_error)?;
+        for (table, shape) in carried {
+            self.copy_table(&sql, table, shape).await?;
+        }
+        sql.batch_execute("COMMIT")
+            .await
+            .map_err(source::pg_error)?;
+        let response = self.node.close(&self.probe_path, consistent_point).await?;
+        self.record_checked(&response)?;
+        self.processed = consistent_point;
+        client.start().await.map_err(stream_error)?;
+        self.status.phase = "streaming".into();
+        Ok(client)
+    }
+
+    async fn copy_table(
+        &mut self,
+        sql: &tokio_postgres::Client,
+        table: &source::CatalogTable,
+        shape: &Arc<TableShape>,
+    ) -> Result<(), ReplicateError> {
+        let columns: Vec<String> = table.columns.iter().map(|c| quote_ident(&c.name)).collect();
+        sql.batch_execute(&format!(
+            "DECLARE flightlog_copy NO SCROLL CURSOR FOR SELECT {} FROM {}.{}",
+            columns.join(", "),
+            quote_ident(&table.namespace),
+            quote_ident(&table.name)
+        ))
+        .await
+        .map_err(source::pg_error)?;
+        let started = Instant::now();
+        let mut last_log = Instant::now();
+        let mut copied = 0u64;
+        let fetch = format!(
+            "FETCH {} FROM flightlog_copy",
+            self.settings.args.batch_rows.max(1)
+        );
+        loop {
+            let rows = source::text_rows(sql, &fetch).await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut changes = Vec::with_capacity(rows.len());
+            for row in rows {
+                let tuple = row
+                    .into_iter()
+                    .map(|value| match value {
+                        Some(text) => pgoutput::Datum::Text(bytes::Bytes::from(text)),
+                        None => pgoutput::Datum::Null,
+                    })
+                    .collect();
+                changes.push(shape.insert(tuple)?);
+            }
+            copied += changes.len() as u64;
+            let batch = shape.batch(&changes)?;
+            let response = self
+                .node
+                .put(
+                    &shape.path,
+                    shape.descriptors(),
+                    shape.schema(),
+                    vec![batch],
+                    None,
+                )
+                .await?;
+            // A node that restarted meanwhile dropped the copy so far.
+            self.record_checked(&response)?;
+            let rate = copied as f64 / started.elapsed().as_secs_f64().max(1e-9);
+            self.status.copy_rows.insert(shape.name.clone(), copied);
+            self.status
+                .copy_rows_per_second
+                .insert(shape.name.clone(), rate);
+            if last_log.elapsed() >= self.progress_interval() {
+                last_log = Instant::now();
+                tracing::info!(table = %shape.name, rows = copied, rows_per_second = rate as u64, "copying");
+                write_status(self.settings, self.status);
+            }
+        }
+        sql.batch_execute("CLOSE flightlog_copy")
+            .await
+            .map_err(source::pg_error)?;
+        let rate = copied as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        self.status.copy_rows.insert(shape.name.clone(), copied);
+        self.status
+            .copy_rows_per_second
+            .insert(shape.name.clone(), rate);
+        tracing::info!(table = %shape.name, rows = copied, rows_per_second = rate as u64, "copied");
+        write_status(self.settings, self.status);
+        Ok(())
+    }
+
+    fn progress_interval(&self) -> Duration {
+        Duration::from_millis(self.settings.args.progress_interval_ms.max(100))
+    }
+
+    /// Takes the node's numbers from an answer.
+    fn record(&mut self, response: &crate::proto::sync::DataSyncResponse) {
+        self.memory = response.memory_sequence_number.max(self.memory);
+        self.durable = response.durable_sequence_number.max(self.durable);
+        self.status.node_memory_sequence = self.memory;
+        self.status.node_durable_sequence = self.durable;
+    }
+
+    /// Like [`Self::record`] for an answer within the session: `first`
+    /// means the node restarted and dropped what was open, so the session
+    /// must start again from what it acknowledged.
+    fn record_checked(
+        &mut self,
+        response: &crate::proto::sync::DataSyncResponse,
+    ) -> Result<(), ReplicateError> {
+        if response.first {
+            return Err(ReplicateError::Node(
+                "the node restarted (first = true)".into(),
+            ));
+        }
+        self.record(response);
+        Ok(())
+    }
+
+    /// `sql` is a session for the server's current position (lag).
+    async fn stream(
+        &mut self,
+        mut client: ReplicationClient,
+        sql: &tokio_postgres::Client,
+    ) -> Result<(), ReplicateError> {
+        let mut poll = tokio::time::interval(Duration::from_millis(
+            self.settings.args.durable_poll_ms.max(10),
+        ));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut progress = tokio::time::interval(self.progress_interval());
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = client.recv() => {
+                    match event.map_err(stream_error)? {
+                        Some(event) => self.event(&client, event).await?,
+                        None => return Err(ReplicateError::Stream("the server ended the stream".into())),
+                    }
+                }
+                _ = poll.tick() => self.confirm(&client).await?,
+                _ = progress.tick() => {
+                    // The server's insert position, not the walsender's:
+                    // a backlog not yet decoded is lag too.
+                    if let Ok(current) = source::current_lsn(sql).await {
+                        self.server_position = self.server_position.max(current);
+                    }
+                    self.progress();
+                }
+            }
+        }
+    }
+
+    fn progress(&mut self) {
+        let now_micros = chrono::Utc::now().timestamp_micros() - PG_EPOCH_MICROS;
+        self.status.lag_bytes = self.server_position.saturating_sub(self.processed);
+        self.status.lag_seconds = if self.status.lag_bytes == 0 || self.last_commit_time_micros == 0
+        {
+            0.0
+        } else {
+            (now_micros - self.last_commit_time_micros).max(0) as f64 / 1e6
+        };
+        tracing::info!(
+            lag_bytes = self.status.lag_bytes,
+            lag_seconds = self.status.lag_seconds,
+            transactions = self.status.transactions_streamed,
+            changes = self.status.changes_streamed,
+            memory = ?self.memory,
+            durable = ?self.durable,
+            confirmed = %format_lsn(self.confirmed),
+            "streaming"
+        );
+        write_status(self.settings, self.status);
+    }
+
+    /// Tells Postgres what the node made safe; asks the node while some
+    /// transaction is not durable yet; confirms an idle server position.
+    async fn confirm(&mut self, client: &ReplicationClient) -> Result<(), ReplicateError> {
+        let args = &self.settings.args;
+        if args.confirm == Confirm::Durable && self.durable < self.memory {
+            let response = self.node.probe(&self.probe_path).await?;
+            self.record_checked(&response)?;
+        }
+        let idle = self.transaction.is_none() && self.durable >= self.memory;
+        if !idle {
+            self.idle_since = Instant::now();
+        }
+        let memory = self.memory.unwrap_or(0);
+        // Everything before the server's position has been received (the
+        // stream is in commit order), so an empty transaction just below it
+        // lets the slot move on without skipping any commit.
+        if idle
+            && args.idle_confirm_ms > 0
+            && self.idle_since.elapsed() >= Duration::from_millis(args.idle_confirm_ms)
+            && self.server_position.saturating_sub(1) > memory
+        {
+            let response = self
+                .node
+                .close(&self.probe_path, self.server_position - 1)
+                .await?;
+            self.record_checked(&response)?;
+            self.idle_since = Instant::now();
+        }
+        let safe = match args.confirm {
+            Confirm::Durable => self.durable,
+            Confirm::Memory => self.memory,
+        }
+        .unwrap_or(0);
+        if safe > self.confirmed && safe > COPY_MARKER {
+            client.update_applied_lsn(Lsn::from_u64(safe));
+            self.confirmed = safe;
+            self.status.confirmed_lsn = Some(format_lsn(safe));
+        }
+        Ok(())
+    }
+
+    async fn event(
+        &mut self,
+        client: &ReplicationClient,
+        event: ReplicationEvent,
+    ) -> Result<(), ReplicateError> {
+        match event {
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                self.server_position = self.server_position.max(wal_end.as_u64());
+                if self.transaction.is_none() {
+                    self.processed = self.processed.max(wal_end.as_u64());
+                }
+            }
+            ReplicationEvent::Begin { final_lsn, .. } => {
+                let commit_lsn = final_lsn.as_u64();
+                self.transaction = Some(Transaction {
+                    commit_lsn,
+                    skip: self.memory.is_some_and(|m| commit_lsn <= m),
+                    parts: Vec::new(),
+                    bytes: 0,
+                });
+            }
+            ReplicationEvent::XLogData { data, wal_end, .. } => {
+                self.server_position = self.server_position.max(wal_end.as_u64());
+                let message = pgoutput::decode(&data, false)?;
+                self.message(message).await?;
+            }
+            ReplicationEvent::Commit {
+                lsn,
+                end_lsn,
+                commit_time_micros,
+            } => {
+                self.commit(lsn.as_u64()).await?;
+                self.processed = self.processed.max(end_lsn.as_u64());
+                self.server_position = self.server_position.max(end_lsn.as_u64());
+                self.last_commit_time_micros = commit_time_micros;
+                if self.settings.args.confirm == Confirm::Memory {
+                    self.confirm(client).await?;
+                }
+            }
+            ReplicationEvent::Message { .. } => {}
+            ReplicationEvent::StoppedAt { .. } => {
+                return Err(ReplicateError::Stream("the stream stopped".into()))
+            }
+        }
+        Ok(())
+    }
+
+    async fn message(&mut self, message: PgOutput) -> Result<(), ReplicateError> {
+        match message {
+            PgOutput::Relation(relation) => self.relation(relation)?,
+            PgOutput::Insert { relation, new, .. } => {
+                if let Some(shape) = self.carried(relation)? {
+                    let change = shape.insert(new)?;
+                    self.push(shape, change).await?;
+                }
+            }
+            PgOutput::Update {
+                relation, old, new, ..
+            } => {
+                if let Some(shape) = self.carried(relation)? {
+                    let old_key = match &old {
+                        Some(OldTuple::Key(tuple)) => Some(tuple),
+                        Some(OldTuple::Full(_)) | None => None,
+                    };
+                    let change = shape.update(old_key, new)?;
+                    self.push(shape, change).await?;
+                }
+            }
+            PgOutput::Delete { relation, old, .. } => {
+                if let Some(shape) = self.carried(relation)? {
+                    let change = shape.delete(old.tuple())?;
+                    self.push(shape, change).await?;
+                }
+            }
+            PgOutput::Truncate { relations, .. } => {
+                for oid in relations {
+                    let name = match self.shapes.get(&oid) {
+                        Some(Ok(shape)) => shape.name.clone(),
+                        Some(Err((name, _))) => name.clone(),
+                        None => format!("relation oid {oid}"),
+                    };
+                    tracing::error!(table = %name, "TRUNCATE is not replicated: the Delta table keeps its rows (delete them with DELETE, or re-sync the table; see README)");
+                    *self.status.truncates_refused.entry(name).or_default() += 1;
+                }
+            }
+            PgOutput::Begin { .. }
+            | PgOutput::Commit { .. }
+            | PgOutput::Origin { .. }
+            | PgOutput::Type { .. }
+            | PgOutput::Message { .. } => {}
+            PgOutput::StreamStart { .. }
+            | PgOutput::StreamStop
+            | PgOutput::StreamCommit { .. }
+            | PgOutput::StreamAbort { .. } => {
+                return Err(ReplicateError::Stream(
+                    "a streamed-transaction message arrived, but streaming was not requested"
+                        .into(),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn relation(&mut self, relation: Relation) -> Result<(), ReplicateError> {
+        let columns: Vec<ColumnInfo> = relation
+            .columns
+            .iter()
+            .map(|c| ColumnInfo {
+                name: c.name.clone(),
+                type_oid: c.type_oid,
+                type_modifier: c.type_modifier,
+                is_key: c.is_key(),
+                type_name: None,
+            })
+            .collect();
+        let name = format!("{}.{}", relation.namespace, relation.name);
+        let shape = TableShape::new(
+            &relation.namespace,
+            &relation.name,
+            relation.replica_identity,
+            &columns,
+        )?;
+        let entry = match shape {
+            Ok(shape) => Ok(Arc::new(shape)),
+            Err(refusal) => {
+                refuse_table(self.status, &name, &refusal);
+                Err((name, refusal))
+            }
+        };
+        self.shapes.insert(relation.oid, entry);
+        Ok(())
+    }
+
+    /// The shape of a relation whose changes are carried; `None` for a
+    /// refused table (counted, not applied).
+    fn carried(&mut self, oid: u32) -> Result<Option<Arc<TableShape>>, ReplicateError> {
+        match self.shapes.get(&oid) {
+            Some(Ok(shape)) => Ok(Some(Arc::clone(shape))),
+            Some(Err(_)) => Ok(None),
+            None => Err(ReplicateError::Malformed(format!(
+                "a change of relation {oid} arrived before its Relation message"
+            ))),
+        }
+    }
+
+    async fn push(&mut self, shape: Arc<TableShape>, change: Change) -> Result<(), ReplicateError> {
+        let batch_rows = self.settings.args.batch_rows.max(1);
+        let Some(transaction) = self.transaction.as_mut() else {
+            return Err(ReplicateError::Malformed(
+                "a change arrived outside a transaction".into(),
+            ));
+        };
+        if transaction.skip {
+            return Ok(());
+        }
+        self.status.changes_streamed += 1;
+        transaction.bytes += change.bytes();
+        let index = transaction
+            .parts
+            .iter()
+            .rposition(|part| part.shape.path == shape.path);
+        let index = match index {
+            Some(index) if Arc::ptr_eq(&transaction.parts[index].shape, &shape) => index,
+            _ => {
+                transaction.parts.push(Part {
+                    shape,
+                    changes: Vec::new(),
+                    batches: Vec::new(),
+                });
+                transaction.parts.len() - 1
+            }
+        };
+        let part = &mut transaction.parts[index];
+        part.changes.push(change);
+        if part.changes.len() >= batch_rows {
+            let batch = part.shape.batch(&part.changes)?;
+            part.changes.clear();
+            part.batches.push(batch);
+        }
+        if transaction.bytes >= self.settings.args.put_bytes_max {
+            self.send_parts(None).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the buffered parts of the open transaction; the last put
+    /// carries `sequence` when given (an empty transaction still closes).
+    async fn send_parts(&mut self, sequence: Option<u64>) -> Result<(), ReplicateError> {
+        let Some(transaction) = self.transaction.as_mut() else {
+            return Ok(());
+        };
+        let mut parts = std::mem::take(&mut transaction.parts);
+        transaction.bytes = 0;
+        parts.retain(|part| !part.changes.is_empty() || !part.batches.is_empty());
+        let count = parts.len();
+        if count == 0 {
+            if let Some(sequence) = sequence {
+                let response = self.node.close(&self.probe_path, sequence).await?;
+                self.record_checked(&response)?;
+            }
+            return Ok(());
+        }
+        for (index, mut part) in parts.into_iter().enumerate() {
+            if !part.changes.is_empty() {
+                part.batches.push(part.shape.batch(&part.changes)?);
+            }
+            let last = index + 1 == count;
+            let response = self
+                .node
+                .put(
+                    &part.shape.path,
+                    part.shape.descriptors(),
+                    part.shape.schema(),
+                    part.batches,
+                    if last { sequence } else { None },
+                )
+                .await?;
+            self.record_checked(&response)?;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, commit_lsn: PgLsn) -> Result<(), ReplicateError> {
+        let Some(transaction) = self.transaction.as_ref() else {
+            return Err(ReplicateError::Malformed(
+                "a commit arrived outside a transaction".into(),
+            ));
+        };
+        if transaction.commit_lsn != commit_lsn {
+            return Err(ReplicateError::Malformed(format!(
+                "commit at {} closes the transaction that began for {}",
+                format_lsn(commit_lsn),
+                format_lsn(transaction.commit_lsn)
+            )));
+        }
+        if transaction.skip {
+            self.status.transactions_skipped += 1;
+        } else {
+            self.send_parts(Some(commit_lsn)).await?;
+            self.status.transactions_streamed += 1;
+        }
+        self.transaction = None;
+        Ok(())
+    }
+}
+
+/// Microseconds from 1970-01-01 to 2000-01-01 (Postgres's epoch).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+fn refuse_table(status: &mut Status, name: &str, refusal: &Refusal) {
+    if !status.tables_refused.contains_key(name) {
+        tracing::error!(table = %name, reason = %refusal, "table refused: its changes are not replicated");
+    }
+    status
+        .tables_refused
+        .insert(name.to_string(), refusal.to_string());
+}
