@@ -284,6 +284,68 @@ def flightlog_lake(binary, batches, upserts, extra):
             "upsert_rows_s": UPSERTS / upserted, "upsert_s": upserted, "commits": commits}
 
 
+# ---------------------------------------------------------------- tables
+
+def start_moto():
+    if shutil.which("moto_server") is None:
+        print("tables: moto_server not on PATH (pip install 'moto[server]'); left out")
+        return None, None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    import http.client
+    connection = http.client.HTTPConnection("127.0.0.1", port)
+    connection.request("PUT", "/lake")
+    assert connection.getresponse().status == 200
+    return process, f"http://127.0.0.1:{port}"
+
+
+def small_batch(key):
+    import pyarrow as pa
+    return to_sync_batch(pa.table({
+        "id": pa.array(range(key, key + 10), pa.int64()),
+        "name": pa.array([f"t{key}"] * 10, pa.utf8()),
+        "amount": pa.array([1.0] * 10, pa.float64())}), old_keys=False)
+
+
+def many_tables(binary, endpoint, concurrency, tables):
+    """One table's put -> durable (median of 3 fresh tables), then `tables`
+    fresh tables with one 10-row transaction each, first put -> all durable."""
+    data_dir = os.path.join(WORK, f"flightlog-tables-{concurrency}")
+    shutil.rmtree(data_dir, ignore_errors=True)
+    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1",
+                       "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                       "AWS_ALLOW_HTTP": "true"})
+    prefix = f"s3://lake/c{concurrency}-{int(time.time())}"
+    node = FlightlogNode(binary, data_dir, ["--max-lag-ms", "10", "--default-store", prefix,
+                                            "--flush-concurrency", str(concurrency)])
+    try:
+        singles = []
+        for sequence in range(1, 4):
+            started = time.perf_counter()
+            put(node, f"single{sequence}", "one", sequence, [small_batch(sequence * 10)])
+            singles.append(wait_durable(node, "one", sequence) - started)
+        single = sorted(singles)[1]
+        started = time.perf_counter()
+        for table in range(1, tables + 1):
+            put(node, f"many{table}", "many", table, [small_batch(table * 10)])
+        everything = wait_durable(node, "many", tables) - started
+    finally:
+        node.stop()
+    print(f"tables: --flush-concurrency {concurrency}: one table put -> durable {single * 1e3:.0f} ms;"
+          f" {tables} tables {everything:.2f} s = {everything / single:.1f} x one table", flush=True)
+    return {"single_s": single, "all_s": everything}
+
+
 # ---------------------------------------------------------------- main
 
 def release_binary():
@@ -296,7 +358,8 @@ def release_binary():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="fio,ack,lake")
+    parser.add_argument("--only", default="fio,ack,lake,tables")
+    parser.add_argument("--tables", type=int, default=100)
     parser.add_argument("--clients", default="1,4,16,64")
     parser.add_argument("--ack-seconds", type=int, default=3)
     parser.add_argument("--binary", help="flightlog binary (default target/release/flightlog)")
@@ -318,6 +381,18 @@ def main():
         ours = flightlog_lake(binary, batches, upserts, args.serve_arg)
         print(f"flightlog flush commits (rows_written, elapsed_ms of the Delta write+commit): "
               f"{ours['commits']}")
+
+    tables = {}
+    if "tables" in only:
+        moto, endpoint = start_moto()
+        if moto is not None:
+            try:
+                binary = args.binary or release_binary()
+                for concurrency in (1, 2 * (os.cpu_count() or 1)):
+                    tables[concurrency] = many_tables(binary, endpoint, concurrency, args.tables)
+            finally:
+                moto.kill()
+                moto.wait()
 
     print()
     print("| measure | flightlog | reference | ratio | goal |")
@@ -344,6 +419,12 @@ def main():
         if fio:
             print(f"| ack p99 at {clients} clients | {row['p99_ms']:.2f} ms | fio fdatasync p99 "
                   f"{fio['sync_p99_ms']:.3f} ms | **{row['p99_ms'] / fio['sync_p99_ms']:.1f}x** | <= 3x |")
+
+    for concurrency, row in sorted(tables.items()):
+        print(f"| {args.tables} tables x one 10-row transaction, S3 (moto) on loopback, "
+              f"--flush-concurrency {concurrency}: first put -> all durable | {row['all_s']:.2f} s | "
+              f"one table put -> durable {row['single_s'] * 1e3:.0f} ms | "
+              f"**{row['all_s'] / row['single_s']:.1f}x** | |")
 
 
 if __name__ == "__main__":
