@@ -10,10 +10,10 @@ Runs, in this order and in one sitting:
   `fio --name=x --rw=write --bs=4k --fdatasync=1 --size=64m` in a temp dir
   under `target/bench-compare/` (the disk the WAL of both flightlog runs
   lives on). IOPS and fdatasync p99.
-- **ack** path: `cargo bench --bench ingest` (release profile, in-process
-  node, one-message transactions of 100 rows) at 1/4/16/64 clients for
-  `--ack-seconds` each; acks/s against fio's IOPS, ack p99 against fio's
-  fdatasync p99.
+- **ack** path: `target/release/flightlog-ack-bench` (src/bin) against a
+  fresh release `flightlog serve` (no flush due) per client count, 1/4/16/64
+  clients, one-message transactions of 100 rows for `--ack-seconds` each;
+  acks/s against fio's IOPS, ack p99 against fio's fdatasync p99.
 - **lake**: Python `deltalake.write_deltalake`, 10 appends of 100k rows
   (Int64 key, Utf8, Float64) into a new local table, then
   `DeltaTable.merge(...).when_matched_update_all().when_not_matched_insert_all()`
@@ -23,6 +23,10 @@ Runs, in this order and in one sitting:
   `do_put` (pyarrow client): 10 transactions of 100k inserts, timed first put
   to the last one durable, then one transaction of the 100k upserts (same-key
   updates), timed put to durable. Both tables are checked to hold 1 M rows.
+- **tables**: `moto_server` (S3) on loopback as the default store; one
+  table's put -> durable (median of 3), then 100 tables with one 10-row
+  transaction each, first put -> all durable, at `--flush-concurrency` 1 and
+  2 x cores.
 
 Prints one table of ratios (flightlog / reference), the form BENCHMARKS.md
 reports. Needs pyarrow and deltalake: when the running interpreter lacks
@@ -30,7 +34,8 @@ them, the script re-runs itself in the venv the tests use
 (`target/tmp/flightlog-python`, made and filled with pip if missing) and says
 so. fio: Debian `fio`; when absent the fio rows say so and the ratios against
 it are left out. The flightlog binary is `target/release/flightlog`
-(`cargo build --release` when missing, which takes ~25 min on 2 cores).
+and `flightlog-ack-bench` beside it (`cargo build --release --bins` when
+missing, which takes ~25-50 min on 2 cores).
 """
 
 import argparse
@@ -102,22 +107,31 @@ def run_fio():
 
 # ---------------------------------------------------------------- ack path
 
-def run_ack(clients, seconds):
-    env = dict(os.environ, FLIGHTLOG_BENCH_SECONDS=str(seconds),
-               FLIGHTLOG_BENCH_CLIENTS=",".join(str(c) for c in clients))
-    print(f"ack: cargo bench --bench ingest ({seconds} s per client count)", flush=True)
-    proc = subprocess.run(["cargo", "bench", "--bench", "ingest"], cwd=ROOT, env=env,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stderr[-4000:])
-        sys.exit("cargo bench --bench ingest failed")
+def run_ack(binary, clients, seconds, nodelay=True):
+    """`flightlog-ack-bench` against a fresh release node per client count
+    (`--max-lag-ms` of an hour: no flush runs, only the ingest path)."""
+    tool = os.path.join(os.path.dirname(binary), "flightlog-ack-bench")
+    if not os.path.exists(tool):
+        tool = os.path.join(ROOT, "target", "release", "flightlog-ack-bench")
+    print(f"ack: {tool} against {binary}, {seconds} s per client count,"
+          f" client TCP_NODELAY {'on' if nodelay else 'off'}", flush=True)
+    print("  | clients | rows/put | puts | puts/s | rows/s | ack p50 ms | ack p99 ms | fsyncs/put |")
     rows = {}
-    for line in proc.stdout.splitlines():
-        print("  " + line)
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 9 and cells[0].isdigit():
-            rows[int(cells[0])] = {"acks": float(cells[3]), "p50_ms": float(cells[6]),
-                                   "p99_ms": float(cells[7]), "fsyncs_per_put": float(cells[8])}
+    for count in clients:
+        data_dir = os.path.join(WORK, f"flightlog-ack-{count}")
+        shutil.rmtree(data_dir, ignore_errors=True)
+        node = FlightlogNode(binary, data_dir, ["--max-lag-ms", "3600000"])
+        try:
+            line = subprocess.run([tool, node.address, str(count), str(seconds), "100",
+                                   "1" if nodelay else "0"],
+                                  check=True, capture_output=True, text=True).stdout.strip()
+        finally:
+            node.stop()
+            shutil.rmtree(data_dir, ignore_errors=True)
+        print("  " + line, flush=True)
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[count] = {"acks": float(cells[3]), "p50_ms": float(cells[5]),
+                       "p99_ms": float(cells[6]), "fsyncs_per_put": float(cells[7])}
     return rows
 
 
@@ -166,12 +180,13 @@ def reference_lake(batches, upserts):
 class FlightlogNode:
     """`flightlog serve` on an ephemeral port with its own data dir."""
 
-    def __init__(self, binary, data_dir, extra=()):
+    def __init__(self, binary, data_dir, extra=(), wrapper=()):
         import pyarrow.flight as flight
         self.log_path = data_dir + ".stderr.log"
         self.log = open(self.log_path, "w")
+        self.wrapped = bool(wrapper)
         self.process = subprocess.Popen(
-            [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir, *extra],
+            [*wrapper, binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir, *extra],
             stdout=subprocess.PIPE, stderr=self.log, text=True)
         line = self.process.stdout.readline()
         if "listening on" not in line:
@@ -181,8 +196,13 @@ class FlightlogNode:
         self.client = flight.FlightClient(f"grpc://{self.address}")
 
     def stop(self):
-        self.process.kill()
-        self.process.wait()
+        if self.wrapped:
+            # A profiler writes its data when interrupted, and stops the node.
+            self.process.send_signal(2)
+            self.process.wait(timeout=300)
+        else:
+            self.process.kill()
+            self.process.wait()
         self.log.close()
 
 
@@ -244,9 +264,11 @@ def wait_durable(node, origin, sequence, timeout=600.0):
 
 def flush_log_summary(log_path):
     """Per commit of the node's log: rows and the Delta write+commit time."""
+    import re
     commits = []
     with open(log_path) as log:
         for line in log:
+            line = re.sub(r"\x1b\[[0-9;]*m", "", line)
             if "flushed" not in line:
                 continue
             fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
@@ -254,10 +276,10 @@ def flush_log_summary(log_path):
     return commits
 
 
-def flightlog_lake(binary, batches, upserts, extra):
+def flightlog_lake(binary, batches, upserts, extra, wrapper=()):
     data_dir = os.path.join(WORK, "flightlog-data")
     shutil.rmtree(data_dir, ignore_errors=True)
-    node = FlightlogNode(binary, data_dir, ["--max-lag-ms", "10", *extra])
+    node = FlightlogNode(binary, data_dir, ["--max-lag-ms", "10", *extra], wrapper)
     try:
         inserts = [to_sync_batch(b, old_keys=False) for b in batches]
         updates = to_sync_batch(upserts, old_keys=True)
@@ -352,7 +374,7 @@ def release_binary():
     binary = os.path.join(ROOT, "target", "release", "flightlog")
     if not os.path.exists(binary):
         print("compare.py: no release binary; cargo build --release (long on 2 cores)", flush=True)
-        subprocess.run(["cargo", "build", "--release", "--bin", "flightlog"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "--bins"], cwd=ROOT, check=True)
     return binary
 
 
@@ -362,7 +384,11 @@ def main():
     parser.add_argument("--tables", type=int, default=100)
     parser.add_argument("--clients", default="1,4,16,64")
     parser.add_argument("--ack-seconds", type=int, default=3)
+    parser.add_argument("--client-nagle", action="store_true",
+                        help="ack clients without TCP_NODELAY (to measure Nagle's part)")
     parser.add_argument("--binary", help="flightlog binary (default target/release/flightlog)")
+    parser.add_argument("--wrap", help="run the lake node under this command, e.g. "
+                        "'perf record -g -o target/bench-compare/perf.data --'")
     parser.add_argument("--serve-arg", action="append", default=[],
                         help="extra argument for flightlog serve (repeatable)")
     args = parser.parse_args()
@@ -372,13 +398,17 @@ def main():
     print(f"compare.py on {socket.gethostname()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
           f" {os.cpu_count()} cores", flush=True)
     fio = run_fio() if "fio" in only or "ack" in only else None
-    ack = run_ack([int(c) for c in args.clients.split(",")], args.ack_seconds) if "ack" in only else {}
+    ack = {}
+    if "ack" in only:
+        ack = run_ack(args.binary or release_binary(), [int(c) for c in args.clients.split(",")],
+                      args.ack_seconds, nodelay=not args.client_nagle)
     reference = ours = None
     if "lake" in only:
         binary = args.binary or release_binary()
         batches, upserts = make_data()
         reference = reference_lake(batches, upserts)
-        ours = flightlog_lake(binary, batches, upserts, args.serve_arg)
+        wrapper = args.wrap.split() if args.wrap else ()
+        ours = flightlog_lake(binary, batches, upserts, args.serve_arg, wrapper)
         print(f"flightlog flush commits (rows_written, elapsed_ms of the Delta write+commit): "
               f"{ours['commits']}")
 
