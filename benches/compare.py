@@ -107,7 +107,7 @@ def run_fio():
 
 # ---------------------------------------------------------------- ack path
 
-def run_ack(binary, clients, seconds, nodelay=True):
+def run_ack(binary, clients, seconds, nodelay=True, directory=None):
     """`flightlog-ack-bench` against a fresh release node per client count
     (`--max-lag-ms` of an hour: no flush runs, only the ingest path)."""
     tool = os.path.join(os.path.dirname(binary), "flightlog-ack-bench")
@@ -118,13 +118,15 @@ def run_ack(binary, clients, seconds, nodelay=True):
     print("  | clients | rows/put | puts | puts/s | rows/s | ack p50 ms | ack p99 ms | fsyncs/put |")
     rows = {}
     for count in clients:
-        data_dir = os.path.join(WORK, f"flightlog-ack-{count}")
+        data_dir = os.path.join(directory or WORK, f"flightlog-ack-{count}")
         shutil.rmtree(data_dir, ignore_errors=True)
         node = FlightlogNode(binary, data_dir, ["--max-lag-ms", "3600000"])
         try:
-            line = subprocess.run([tool, node.address, str(count), str(seconds), "100",
-                                   "1" if nodelay else "0"],
-                                  check=True, capture_output=True, text=True).stdout.strip()
+            done = subprocess.run([tool, node.address, str(count), str(seconds), "100",
+                                   "1" if nodelay else "0"], capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"flightlog-ack-bench failed at {count} clients: {done.stderr.strip()}")
+            line = done.stdout.strip()
         finally:
             node.stop()
             shutil.rmtree(data_dir, ignore_errors=True)
@@ -342,14 +344,16 @@ def small_batch(key):
 def many_tables(binary, endpoint, concurrency, tables):
     """One table's put -> durable (median of 3 fresh tables), then `tables`
     fresh tables with one 10-row transaction each, first put -> all durable."""
-    data_dir = os.path.join(WORK, f"flightlog-tables-{concurrency}")
+    data_dir = os.path.join(WORK, f"flightlog-tables-{concurrency or 0}")
     shutil.rmtree(data_dir, ignore_errors=True)
     os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1",
                        "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                        "AWS_ALLOW_HTTP": "true"})
-    prefix = f"s3://lake/c{concurrency}-{int(time.time())}"
-    node = FlightlogNode(binary, data_dir, ["--max-lag-ms", "10", "--default-store", prefix,
-                                            "--flush-concurrency", str(concurrency)])
+    prefix = f"s3://lake/c{concurrency or 0}-{int(time.time())}"
+    extra = ["--max-lag-ms", "10", "--default-store", prefix]
+    if concurrency is not None:
+        extra += ["--flush-concurrency", str(concurrency)]
+    node = FlightlogNode(binary, data_dir, extra)
     try:
         singles = []
         for sequence in range(1, 4):
@@ -363,7 +367,7 @@ def many_tables(binary, endpoint, concurrency, tables):
         everything = wait_durable(node, "many", tables) - started
     finally:
         node.stop()
-    print(f"tables: --flush-concurrency {concurrency}: one table put -> durable {single * 1e3:.0f} ms;"
+    print(f"tables: --flush-concurrency {concurrency or '(none)'}: one table put -> durable {single * 1e3:.0f} ms;"
           f" {tables} tables {everything:.2f} s = {everything / single:.1f} x one table", flush=True)
     return {"single_s": single, "all_s": everything}
 
@@ -384,6 +388,8 @@ def main():
     parser.add_argument("--tables", type=int, default=100)
     parser.add_argument("--clients", default="1,4,16,64")
     parser.add_argument("--ack-seconds", type=int, default=3)
+    parser.add_argument("--ack-dir", help="parent of the ack nodes' data dirs (default "
+                        "target/bench-compare; /dev/shm takes the disk out to see the network part)")
     parser.add_argument("--client-nagle", action="store_true",
                         help="ack clients without TCP_NODELAY (to measure Nagle's part)")
     parser.add_argument("--binary", help="flightlog binary (default target/release/flightlog)")
@@ -401,7 +407,7 @@ def main():
     ack = {}
     if "ack" in only:
         ack = run_ack(args.binary or release_binary(), [int(c) for c in args.clients.split(",")],
-                      args.ack_seconds, nodelay=not args.client_nagle)
+                      args.ack_seconds, nodelay=not args.client_nagle, directory=args.ack_dir)
     reference = ours = None
     if "lake" in only:
         binary = args.binary or release_binary()
@@ -418,7 +424,12 @@ def main():
         if moto is not None:
             try:
                 binary = args.binary or release_binary()
-                for concurrency in (1, 2 * (os.cpu_count() or 1)):
+                help_text = subprocess.run([binary, "serve", "--help"], capture_output=True,
+                                           text=True).stdout
+                # A binary from before --flush-concurrency flushes one table at a time.
+                settings = ((1, 2 * (os.cpu_count() or 1)) if "--flush-concurrency" in help_text
+                            else (None,))
+                for concurrency in settings:
                     tables[concurrency] = many_tables(binary, endpoint, concurrency, args.tables)
             finally:
                 moto.kill()
@@ -450,9 +461,10 @@ def main():
             print(f"| ack p99 at {clients} clients | {row['p99_ms']:.2f} ms | fio fdatasync p99 "
                   f"{fio['sync_p99_ms']:.3f} ms | **{row['p99_ms'] / fio['sync_p99_ms']:.1f}x** | <= 3x |")
 
-    for concurrency, row in sorted(tables.items()):
+    for concurrency, row in tables.items():
+        setting = "sequential (no setting)" if concurrency is None else f"--flush-concurrency {concurrency}"
         print(f"| {args.tables} tables x one 10-row transaction, S3 (moto) on loopback, "
-              f"--flush-concurrency {concurrency}: first put -> all durable | {row['all_s']:.2f} s | "
+              f"{setting}: first put -> all durable | {row['all_s']:.2f} s | "
               f"one table put -> durable {row['single_s'] * 1e3:.0f} ms | "
               f"**{row['all_s'] / row['single_s']:.1f}x** | |")
 
