@@ -142,7 +142,7 @@ async fn run(context: FlushContext, mut stopped: watch::Receiver<bool>) {
     let tick = (context.config.due.max_lag / 4)
         .clamp(Duration::from_millis(10), Duration::from_millis(250));
     let mut backoff: HashMap<TableId, Backoff> = HashMap::new();
-    let mut running: JoinSet<(TableId, Result<bool, FlushError>)> = JoinSet::new();
+    let mut running: JoinSet<FlushOutcome> = JoinSet::new();
     let mut in_flight: HashMap<tokio::task::Id, TableId> = HashMap::new();
     let mut unsaved = false;
     let mut last_checkpoint: Option<Instant> = None;
@@ -191,12 +191,15 @@ async fn run(context: FlushContext, mut stopped: watch::Receiver<bool>) {
     }
 }
 
+/// What a flush task returns: its table and the flush's result.
+type FlushOutcome = (TableId, Result<bool, FlushError>);
+
 /// Books one finished flush task; returns whether it changed anything.
 fn finished(
     context: &FlushContext,
     backoff: &mut HashMap<TableId, Backoff>,
     in_flight: &mut HashMap<tokio::task::Id, TableId>,
-    done: Result<(tokio::task::Id, (TableId, Result<bool, FlushError>)), tokio::task::JoinError>,
+    done: Result<(tokio::task::Id, FlushOutcome), tokio::task::JoinError>,
 ) -> bool {
     match done {
         Ok((id, (table, Ok(changed)))) => {
