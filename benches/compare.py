@@ -81,7 +81,9 @@ def ensure_python_packages():
 
 # ---------------------------------------------------------------- fio
 
-def run_fio():
+def run_fio(overwrite=False):
+    """The issue's fio line; `overwrite` adds --overwrite=1 (rewrites allocated
+    blocks, as the WAL's recycled segments do: no ext4 size change per sync)."""
     if shutil.which("fio") is None:
         print("fio: not installed (Debian: apt-get install -y fio); fio ratios left out")
         return None
@@ -89,7 +91,8 @@ def run_fio():
     try:
         out = subprocess.run(
             ["fio", "--name=x", "--rw=write", "--bs=4k", "--fdatasync=1", "--size=64m",
-             "--ioengine=sync", f"--directory={directory}", "--output-format=json"],
+             "--ioengine=sync", f"--directory={directory}", "--output-format=json",
+             *(["--overwrite=1"] if overwrite else [])],
             check=True, capture_output=True, text=True).stdout
     finally:
         shutil.rmtree(directory, ignore_errors=True)
@@ -100,7 +103,8 @@ def run_fio():
         "sync_p50_ms": sync["percentile"]["50.000000"] / 1e6,
         "sync_p99_ms": sync["percentile"]["99.000000"] / 1e6,
     }
-    print(f"fio 4 KiB append + fdatasync: {result['iops']:.0f} IOPS, fdatasync "
+    kind = "overwrite" if overwrite else "append"
+    print(f"fio 4 KiB {kind} + fdatasync: {result['iops']:.0f} IOPS, fdatasync "
           f"p50 {result['sync_p50_ms']:.3f} ms p99 {result['sync_p99_ms']:.3f} ms")
     return result
 
@@ -404,6 +408,7 @@ def main():
     print(f"compare.py on {socket.gethostname()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
           f" {os.cpu_count()} cores", flush=True)
     fio = run_fio() if "fio" in only or "ack" in only else None
+    fio_overwrite = run_fio(overwrite=True) if "fio" in only else None
     ack = {}
     if "ack" in only:
         ack = run_ack(args.binary or release_binary(), [int(c) for c in args.clients.split(",")],
@@ -456,6 +461,12 @@ def main():
                   f"{fio['iops']:.0f} IOPS | **{row['acks'] / fio['iops']:.2f}** | {goal} |")
         else:
             print(f"| {clients} clients, 100-row puts, acks/s | {row['acks']:.0f} | (no fio) | | {goal} |")
+    if fio_overwrite:
+        for clients in (1, 64):
+            if clients in ack:
+                print(f"| {clients} clients acks/s vs fio --overwrite=1 (the WAL recycles segments) | "
+                      f"{ack[clients]['acks']:.0f} | {fio_overwrite['iops']:.0f} IOPS | "
+                      f"**{ack[clients]['acks'] / fio_overwrite['iops']:.2f}** | |")
     for clients, row in sorted(ack.items()):
         if fio:
             print(f"| ack p99 at {clients} clients | {row['p99_ms']:.2f} ms | fio fdatasync p99 "
