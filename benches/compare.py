@@ -420,6 +420,8 @@ def main():
         reference = reference_lake(batches, upserts)
         wrapper = args.wrap.split() if args.wrap else ()
         ours = flightlog_lake(binary, batches, upserts, args.serve_arg, wrapper)
+        print(f"flightlog: the 10 insert puts were acknowledged {ours['insert_ack_s']:.2f} s after "
+              f"the first was sent; all durable at {ours['insert_s']:.2f} s")
         print(f"flightlog flush commits (rows_written, elapsed_ms of the Delta write+commit): "
               f"{ours['commits']}")
 
