@@ -108,9 +108,10 @@ fn generate(rng: &mut Rng, transactions_per_origin: usize) -> Vec<Vec<Transactio
             let mut next_key = base;
             (0..transactions_per_origin)
                 .map(|i| {
-                    // Every fourth transaction inserts only new keys, so that
-                    // some flushes take squash's insert-only fast path.
-                    let inserts_only = i % 4 == 0;
+                    // Each origin starts with insert-only transactions (and
+                    // every eighth is one), so that the first flushes and
+                    // some later ones take squash's insert-only fast path.
+                    let inserts_only = i < 4 || i % 8 == 0;
                     let messages = (0..1 + rng.below(3))
                         .map(|_| {
                             let table = rng.below(TABLES.len() as u64) as usize;
