@@ -11,7 +11,9 @@
 //! `cargo bench --profile dev --bench ingest`. Knobs (environment):
 //! `FLIGHTLOG_BENCH_SECONDS` runs each N for that long instead of M
 //! transactions; `FLIGHTLOG_BENCH_TRANSACTIONS` (M, default 100) and
-//! `FLIGHTLOG_BENCH_ROWS` (R, default 100).
+//! `FLIGHTLOG_BENCH_ROWS` (R, default 100); `FLIGHTLOG_BENCH_CLIENTS`
+//! (comma-separated N, default `1,4,16,64`); `FLIGHTLOG_BENCH_CLIENT_NODELAY=0`
+//! turns `TCP_NODELAY` off on the clients' sockets (to measure Nagle's part).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -48,7 +50,14 @@ async fn run_client(
     rows: u64,
     stop: Stop,
 ) -> ClientResult {
-    let mut client = common::connect(addr).await;
+    let nodelay = std::env::var("FLIGHTLOG_BENCH_CLIENT_NODELAY").map_or(true, |v| v != "0");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("valid endpoint")
+        .tcp_nodelay(nodelay)
+        .connect()
+        .await
+        .expect("connect to the node");
+    let mut client = arrow_flight::FlightClient::new(channel);
     let name = format!("bench-{origin}");
     let base = origin as i64 * 1_000_000_000;
     let mut result = ClientResult {
@@ -150,7 +159,12 @@ fn main() {
     );
     println!("| clients | rows/put | puts | puts/s | rows/s | MB/s | ack p50 ms | ack p99 ms | fsyncs/put |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    for clients in [1, 4, 16] {
+    let clients: Vec<usize> = std::env::var("FLIGHTLOG_BENCH_CLIENTS")
+        .unwrap_or_else(|_| "1,4,16,64".to_owned())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    for clients in clients {
         let line = runtime.block_on(bench(clients, rows, transactions, seconds));
         println!("{line}");
     }

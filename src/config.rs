@@ -80,6 +80,9 @@ pub struct ServeArgs {
     /// How new WAL segments get their space [default: recycle].
     #[arg(long, env = "FLIGHTLOG_SEGMENT_INIT", value_enum)]
     pub segment_init: Option<SegmentInit>,
+    /// Most tables flushed at the same time [default: 2 x the cores].
+    #[arg(long, env = "FLIGHTLOG_FLUSH_CONCURRENCY")]
+    pub flush_concurrency: Option<usize>,
 }
 
 /// The same keys in the `--config` file.
@@ -104,6 +107,7 @@ struct FileConfig {
     store_check_timeout_ms: Option<u64>,
     segment_bytes: Option<u64>,
     segment_init: Option<SegmentInit>,
+    flush_concurrency: Option<usize>,
 }
 
 /// The resolved configuration of a node.
@@ -127,6 +131,8 @@ pub struct Config {
     pub quarantine_retry_ms: u64,
     pub store_check_timeout_ms: u64,
     pub wal: WalConfig,
+    /// Most tables flushed at the same time (at least 1).
+    pub flush_concurrency: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +256,12 @@ impl Config {
                     .unwrap_or(SegmentInit::Recycle),
                 ..WalConfig::default()
             },
+            flush_concurrency: args
+                .flush_concurrency
+                .or(file.flush_concurrency)
+                .unwrap_or_else(|| {
+                    2 * std::thread::available_parallelism().map_or(1, |cores| cores.get())
+                }),
         };
         config.check()?;
         Ok(config)
@@ -273,6 +285,9 @@ impl Config {
         }
         if self.quarantine_after_failures == 0 {
             return invalid("quarantine_after_failures", "must be at least 1");
+        }
+        if self.flush_concurrency == 0 {
+            return invalid("flush_concurrency", "must be at least 1");
         }
         if self.wal.segment_bytes_target < 4096 {
             return invalid("segment_bytes", "must be at least 4096");

@@ -118,12 +118,21 @@ fn generate(rng: &mut Rng, transactions_per_origin: usize) -> Vec<Vec<Transactio
             let mut next_key = base;
             (0..transactions_per_origin)
                 .map(|i| {
+                    // Each origin starts with insert-only transactions (and
+                    // every eighth is one), so that the first flushes and
+                    // some later ones take squash's insert-only fast path.
+                    let inserts_only = i < 4 || i % 8 == 0;
                     let messages = (0..1 + rng.below(3))
                         .map(|_| {
                             let table = rng.below(TABLES.len() as u64) as usize;
                             let changes = (0..1 + rng.below(12))
                                 .map(|_| {
-                                    let change = random_change(rng, &view[table], &mut next_key);
+                                    let change = random_change(
+                                        rng,
+                                        &view[table],
+                                        &mut next_key,
+                                        inserts_only,
+                                    );
                                     apply(&mut view[table], &change);
                                     change
                                 })
@@ -141,12 +150,12 @@ fn generate(rng: &mut Rng, transactions_per_origin: usize) -> Vec<Vec<Transactio
         .collect()
 }
 
-fn random_change(rng: &mut Rng, table: &Table, next_key: &mut i64) -> Change {
+fn random_change(rng: &mut Rng, table: &Table, next_key: &mut i64, inserts_only: bool) -> Change {
     let existing: Vec<i64> = table.keys().copied().collect();
     let pick = |rng: &mut Rng| existing[rng.below(existing.len() as u64) as usize];
     let value = |rng: &mut Rng| (rng.below(10) > 0).then(|| rng.below(1000) as i64);
     let text = |rng: &mut Rng| (rng.below(10) > 0).then(|| format!("s{}", rng.below(100_000)));
-    let kind = if existing.is_empty() {
+    let kind = if existing.is_empty() || inserts_only {
         0
     } else {
         rng.below(10)

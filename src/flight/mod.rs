@@ -80,7 +80,9 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .add_service(SyncService::new(node).into_server())
         .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener),
+            // `serve_with_incoming` ignores `Server::tcp_nodelay`: set it on the
+            // accepted sockets, or Nagle holds small responses for a delayed ACK.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await

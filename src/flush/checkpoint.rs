@@ -17,7 +17,16 @@ use crate::wal::WalError;
 /// The checkpoint lets truncation drop frames whose tables hold them: what
 /// the flushes wrote to local stores is made durable first (see
 /// `lake::sync_local_store`).
+///
+/// Flushes of other tables may finish while this runs (the scheduler runs
+/// them in parallel): the floor is capped by the one taken before the
+/// snapshot, so a frame is only dropped if its table had applied it before
+/// the local stores were synced.
 pub async fn checkpoint_and_truncate(context: &FlushContext) -> Result<(), FlushError> {
+    let durable_before = *context.wal.durable_lsn().borrow();
+    let floor_before = context
+        .pending
+        .truncation_floor(crate::wal::Lsn(durable_before.0.saturating_add(1)));
     let crate::pending::CheckpointState { origins, tables } = context.pending.checkpoint();
     let mut roots: Vec<url::Url> = tables
         .iter()
@@ -54,7 +63,10 @@ pub async fn checkpoint_and_truncate(context: &FlushContext) -> Result<(), Flush
         .wal
         .append(FrameKind::Checkpoint, checkpoint.encode_to_vec())
         .await?;
-    let floor = context.pending.truncation_floor(appended.lsn);
+    let floor = context
+        .pending
+        .truncation_floor(appended.lsn)
+        .min(floor_before);
     let wal = context.wal.clone();
     let truncation = tokio::task::spawn_blocking(move || wal.truncate_below(floor))
         .await

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -53,6 +54,8 @@ pub struct FlushConfig {
     pub quarantine_after_transient: u32,
     /// How often a quarantined table is tried again.
     pub quarantine_retry: Duration,
+    /// Most tables flushed at the same time (each in its own task).
+    pub concurrency: usize,
 }
 
 impl From<&Config> for FlushConfig {
@@ -67,6 +70,7 @@ impl From<&Config> for FlushConfig {
             quarantine_after_permanent: config.quarantine_after_failures.clamp(1, 3),
             quarantine_after_transient: config.quarantine_after_failures,
             quarantine_retry: Duration::from_millis(config.quarantine_retry_ms),
+            concurrency: config.flush_concurrency.max(1),
         }
     }
 }
@@ -126,39 +130,50 @@ impl Backoff {
     }
 }
 
+/// The scheduler loop: at each tick (or as soon as a flush ends), starts
+/// flushes of due tables, each table at most once at a time and at most
+/// `concurrency` at once, each in its own task so that the CPU-bound parts of
+/// different tables' flushes run on different cores. Tables are independent
+/// in `Pending` (a transaction becomes durable once every table it touched
+/// has applied it, in commit order), so durable numbers stay exact whatever
+/// order the flushes finish in. On stop, no new flush starts and the
+/// running ones finish.
 async fn run(context: FlushContext, mut stopped: watch::Receiver<bool>) {
     let tick = (context.config.due.max_lag / 4)
         .clamp(Duration::from_millis(10), Duration::from_millis(250));
     let mut backoff: HashMap<TableId, Backoff> = HashMap::new();
+    let mut running: JoinSet<FlushOutcome> = JoinSet::new();
+    let mut in_flight: HashMap<tokio::task::Id, TableId> = HashMap::new();
     let mut unsaved = false;
     let mut last_checkpoint: Option<Instant> = None;
     loop {
         tokio::select! {
-            _ = stopped.changed() => return,
+            _ = stopped.changed() => break,
             _ = tokio::time::sleep(tick) => {}
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                unsaved |= finished(&context, &mut backoff, &mut in_flight, done);
+            }
+        }
+        if *stopped.borrow() {
+            break;
         }
         let now = Instant::now();
-        let due = context.pending.due_tables(now, &context.config.due);
-        for table in due {
-            if backoff.get(&table).is_some_and(|b| b.next_attempt > now) {
+        for table in context.pending.due_tables(now, &context.config.due) {
+            if running.len() >= context.config.concurrency {
+                break;
+            }
+            if backoff.get(&table).is_some_and(|b| b.next_attempt > now)
+                || in_flight.values().any(|t| *t == table)
+            {
                 continue;
             }
-            if *stopped.borrow() {
-                return;
-            }
-            match flush_table(&context, &table).await {
-                Ok(changed) => {
-                    backoff.remove(&table);
-                    if context.pending.lift_quarantine(&table) {
-                        tracing::info!(%table, "flushed again: the table left quarantine");
-                    }
-                    unsaved |= changed;
-                }
-                Err(error) => {
-                    let previous = backoff.get(&table).copied();
-                    backoff.insert(table.clone(), failed(&context, &table, &error, previous));
-                }
-            }
+            let task_context = context.clone();
+            let task_table = table.clone();
+            let handle = running.spawn(async move {
+                let result = flush_table(&task_context, &task_table).await;
+                (task_table, result)
+            });
+            in_flight.insert(handle.id(), table);
         }
         let checkpoint_due = last_checkpoint.is_none_or(|at| at.elapsed() >= CHECKPOINT_INTERVAL);
         if unsaved && checkpoint_due {
@@ -169,6 +184,56 @@ async fn run(context: FlushContext, mut stopped: watch::Receiver<bool>) {
                 }
                 Err(error) => tracing::warn!(%error, "checkpoint or truncation failed; will retry"),
             }
+        }
+    }
+    while let Some(done) = running.join_next_with_id().await {
+        finished(&context, &mut backoff, &mut in_flight, done);
+    }
+}
+
+/// What a flush task returns: its table and the flush's result.
+type FlushOutcome = (TableId, Result<bool, FlushError>);
+
+/// Books one finished flush task; returns whether it changed anything.
+fn finished(
+    context: &FlushContext,
+    backoff: &mut HashMap<TableId, Backoff>,
+    in_flight: &mut HashMap<tokio::task::Id, TableId>,
+    done: Result<(tokio::task::Id, FlushOutcome), tokio::task::JoinError>,
+) -> bool {
+    match done {
+        Ok((id, (table, Ok(changed)))) => {
+            in_flight.remove(&id);
+            backoff.remove(&table);
+            if context.pending.lift_quarantine(&table) {
+                tracing::info!(%table, "flushed again: the table left quarantine");
+            }
+            changed
+        }
+        Ok((id, (table, Err(error)))) => {
+            in_flight.remove(&id);
+            let previous = backoff.get(&table).copied();
+            let next = failed(context, &table, &error, previous);
+            backoff.insert(table, next);
+            false
+        }
+        Err(error) => {
+            // A flush task panicked (a bug): its data stays pending; retry later.
+            let table = in_flight.remove(&error.id());
+            tracing::error!(%error, ?table, "flush task failed; data stays in the WAL");
+            if let Some(table) = table {
+                let failures = backoff
+                    .get(&table)
+                    .map_or(1, |b| b.failures.saturating_add(1));
+                backoff.insert(
+                    table,
+                    Backoff {
+                        failures,
+                        next_attempt: Instant::now() + Backoff::delay(failures),
+                    },
+                );
+            }
+            false
         }
     }
 }

@@ -13,9 +13,10 @@ use crate::lake::{self, ApplyOutcome, CommitMarker, LakeError};
 use crate::pending::PendingFrame;
 use crate::record::{decode_record, RecordError};
 use crate::stored_types::{stored_schema, to_stored};
+use crate::sync::changes::Squashed;
 use crate::sync::layout::{LayoutError, SyncLayout};
 use crate::sync::squash::{squash, ChangeBatch, SquashError};
-use crate::wal::{Lsn, WalError};
+use crate::wal::{Lsn, Wal, WalError};
 
 /// Why a flush failed; the data stays in the WAL either way.
 #[derive(Debug, thiserror::Error)]
@@ -122,19 +123,19 @@ pub async fn flush_table(context: &FlushContext, table: &TableId) -> Result<bool
             }
         }
     }
-    let records = read_frames(context, table, &frames)?;
-    let changes: Vec<ChangeBatch<'_>> = records
-        .iter()
-        .flat_map(|(layout, batches)| {
-            batches
-                .iter()
-                .map(move |batch| ChangeBatch { layout, batch })
-        })
-        .collect();
-    let squashed = squash(&changes).map_err(|source| FlushError::Squash {
-        table: table.clone(),
-        source,
-    })?;
+    // Decoding and squashing are CPU work: on the blocking pool, so that
+    // flushes running in parallel never hold the workers that answer puts.
+    let (wal, task_table) = (context.wal.clone(), table.clone());
+    let task_frames = frames.clone();
+    let squashed =
+        tokio::task::spawn_blocking(move || read_and_squash(&wal, &task_table, &task_frames))
+            .await
+            .map_err(|join| {
+                FlushError::Wal(WalError::Io {
+                    context: "join the read-and-squash task",
+                    source: std::io::Error::other(join.to_string()),
+                })
+            })??;
     let marker = CommitMarker {
         wal_id,
         lsn: batch.last_commit.0,
@@ -161,17 +162,38 @@ pub async fn flush_table(context: &FlushContext, table: &TableId) -> Result<bool
     Ok(true)
 }
 
+/// Reads the frames back and squashes them to one change per key.
+fn read_and_squash(
+    wal: &Wal,
+    table: &TableId,
+    frames: &[PendingFrame],
+) -> Result<Squashed, FlushError> {
+    let records = read_frames(wal, table, frames)?;
+    let changes: Vec<ChangeBatch<'_>> = records
+        .iter()
+        .flat_map(|(layout, batches)| {
+            batches
+                .iter()
+                .map(move |batch| ChangeBatch { layout, batch })
+        })
+        .collect();
+    squash(&changes).map_err(|source| FlushError::Squash {
+        table: table.clone(),
+        source,
+    })
+}
+
 /// Decodes the frames, each batch in stored types (frames written before
 /// puts converted to stored types are converted here).
 fn read_frames(
-    context: &FlushContext,
+    wal: &Wal,
     table: &TableId,
     frames: &[PendingFrame],
 ) -> Result<Vec<(SyncLayout, Vec<arrow::record_batch::RecordBatch>)>, FlushError> {
     let mut records = Vec::with_capacity(frames.len());
     for frame in frames {
         let lsn = frame.frame.lsn.0;
-        let view = context.wal.read(frame.frame.pointer)?;
+        let view = wal.read(frame.frame.pointer)?;
         let record = decode_record(view.payload()).map_err(|source| FlushError::Frame {
             table: table.clone(),
             lsn,

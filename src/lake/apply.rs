@@ -22,7 +22,8 @@ use serde_json::json;
 
 use super::location::log_store;
 use super::merge::{
-    build_upserts, check_squashed, keep_rows, plan_schema, FillRows, KeyIndex, SchemaPlan,
+    affected_keys, build_upserts, check_squashed, keep_rows, needs_fill, plan_schema, FillRows,
+    KeyIndex, SchemaPlan,
 };
 use super::prune::AffectedKeys;
 use super::table::{load_with, marker_app_id, read_file, state_of, TableState};
@@ -183,8 +184,11 @@ async fn merge(
     location: &TableId,
 ) -> Result<Merged, LakeError> {
     let key_fields = table_key_fields(plan, squashed)?;
-    let index = KeyIndex::new(key_fields.clone(), squashed)?;
-    let affected = AffectedKeys::new(&key_fields, index.affected_keys(squashed)?);
+    let with_fill = needs_fill(squashed, &plan.target);
+    let affected = AffectedKeys::new(
+        &key_fields,
+        affected_keys(&key_fields, squashed, with_fill)?,
+    );
     let candidates: Vec<LogicalFileView> = if affected.is_empty() {
         Vec::new()
     } else {
@@ -206,12 +210,17 @@ async fn merge(
     }
     let mut writer = Writer::new(state, plan, location)?;
     let mut fill = FillRows::default();
-    for file in &candidates {
-        let mut batches = read_file(state.object_store(), file, plan.target.clone()).await?;
-        while let Some(batch) = batches.try_next().await? {
-            let split = index.split(&batch)?;
-            fill.collect(&batch, &split.fill_hits)?;
-            writer.write(keep_rows(&batch, &split.keep)?).await?;
+    // The index of affected keys only when some file may hold one (an
+    // append of new keys builds none).
+    if !candidates.is_empty() {
+        let index = KeyIndex::new(key_fields.clone(), squashed, with_fill)?;
+        for file in &candidates {
+            let mut batches = read_file(state.object_store(), file, plan.target.clone()).await?;
+            while let Some(batch) = batches.try_next().await? {
+                let split = index.split(&batch)?;
+                fill.collect(&batch, &split.fill_hits)?;
+                writer.write(keep_rows(&batch, &split.keep)?).await?;
+            }
         }
     }
     writer

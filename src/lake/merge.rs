@@ -149,8 +149,13 @@ pub(crate) struct BatchSplit {
 
 impl KeyIndex {
     /// `key_fields` are the table's key fields; the squashed key columns are
-    /// cast to their types.
-    pub(crate) fn new(key_fields: Vec<FieldRef>, squashed: &Squashed) -> Result<Self, LakeError> {
+    /// cast to their types. Without `with_fill` ([`needs_fill`] false) no
+    /// fill keys are indexed and [`BatchSplit::fill_hits`] stay empty.
+    pub(crate) fn new(
+        key_fields: Vec<FieldRef>,
+        squashed: &Squashed,
+        with_fill: bool,
+    ) -> Result<Self, LakeError> {
         let sort_fields = key_fields
             .iter()
             .map(|f| SortField::new(f.data_type().clone()))
@@ -163,7 +168,7 @@ impl KeyIndex {
             .map_err(LakeError::arrow("encode removed keys"))?;
         let removed = removed_rows.iter().map(|row| row.as_ref().into()).collect();
         let mut fill: HashMap<Box<[u8]>, Vec<usize>> = HashMap::new();
-        if squashed.fill_from.num_rows() > 0 && squashed.fill_from.num_columns() > 0 {
+        if with_fill && squashed.fill_from.num_rows() > 0 && squashed.fill_from.num_columns() > 0 {
             let fill_columns = key_columns(&squashed.fill_from, &key_fields)?;
             let fill_rows = converter
                 .convert_columns(&fill_columns)
@@ -182,27 +187,6 @@ impl KeyIndex {
             removed,
             fill,
         })
-    }
-
-    /// Every key whose pre-flush row matters (removed or filled from), one
-    /// array per key column, non-null.
-    pub(crate) fn affected_keys(&self, squashed: &Squashed) -> Result<Vec<ArrayRef>, LakeError> {
-        let removed = key_columns(&squashed.removed_keys, &self.key_fields)?;
-        if self.fill.is_empty() {
-            return Ok(removed);
-        }
-        let fill = key_columns(&squashed.fill_from, &self.key_fields)?;
-        let present = is_not_null(&fill[0]).map_err(LakeError::arrow("fill mask"))?;
-        removed
-            .iter()
-            .zip(&fill)
-            .map(|(removed, fill)| {
-                let fill = arrow::compute::filter(fill, &present)
-                    .map_err(LakeError::arrow("filter fill keys"))?;
-                arrow::compute::concat(&[removed.as_ref(), fill.as_ref()])
-                    .map_err(LakeError::arrow("concat keys"))
-            })
-            .collect()
     }
 
     /// Splits a pre-flush batch (already conformed to the table schema).
@@ -226,6 +210,50 @@ impl KeyIndex {
             fill_hits,
         })
     }
+}
+
+/// Every key whose pre-flush row matters: the removed keys and, `with_fill`,
+/// the keys upserts fill from; one array per key column (table types),
+/// non-null. Needs no index, so a flush can find its candidate files before
+/// (and without, when there are none) building one.
+pub(crate) fn affected_keys(
+    key_fields: &[FieldRef],
+    squashed: &Squashed,
+    with_fill: bool,
+) -> Result<Vec<ArrayRef>, LakeError> {
+    let removed = key_columns(&squashed.removed_keys, key_fields)?;
+    if !with_fill || squashed.fill_from.num_rows() == 0 || squashed.fill_from.num_columns() == 0 {
+        return Ok(removed);
+    }
+    let fill = key_columns(&squashed.fill_from, key_fields)?;
+    let present = is_not_null(&fill[0]).map_err(LakeError::arrow("fill mask"))?;
+    removed
+        .iter()
+        .zip(&fill)
+        .map(|(removed, fill)| {
+            let fill = arrow::compute::filter(fill, &present)
+                .map_err(LakeError::arrow("filter fill keys"))?;
+            arrow::compute::concat(&[removed.as_ref(), fill.as_ref()])
+                .map_err(LakeError::arrow("concat keys"))
+        })
+        .collect()
+}
+
+/// Whether any upsert takes a column from a pre-flush row: some value column
+/// is not set on every upsert, or the table has columns the flush does not
+/// carry. When not, the merge needs no fill rows at all (a same-key update
+/// that sends every column is a plain replacement).
+pub(crate) fn needs_fill(squashed: &Squashed, target: &Schema) -> bool {
+    let some_unset = squashed
+        .value_set
+        .iter()
+        .any(|set| set.null_count() > 0 || set.true_count() != set.len());
+    let carried = |name: &String| {
+        squashed.key_fields.iter().any(|f| f.name() == name)
+            || squashed.value_fields.iter().any(|f| f.name() == name)
+    };
+    let uncarried = target.fields().iter().any(|field| !carried(field.name()));
+    some_unset || uncarried
 }
 
 /// Pre-flush rows that upserts fill from, collected while the files stream by.

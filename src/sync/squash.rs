@@ -101,29 +101,79 @@ fn arrow_error(operation: &'static str) -> impl FnOnce(ArrowError) -> SquashErro
 /// Errors: a partially null key, batches that do not match their layout, or
 /// messages that disagree on key columns or on a column's type. Pure: no I/O.
 pub fn squash(messages: &[ChangeBatch<'_>]) -> Result<Squashed, SquashError> {
-    let Some(first) = messages.first() else {
+    squash_with(messages, true)
+}
+
+/// [`squash`] without the insert-only fast path: the reference the fast
+/// path is tested against.
+#[cfg(test)]
+fn squash_general(messages: &[ChangeBatch<'_>]) -> Result<Squashed, SquashError> {
+    squash_with(messages, false)
+}
+
+/// Whether the insert-only fast path applies to `messages`.
+#[cfg(test)]
+fn insert_only_taken(messages: &[ChangeBatch<'_>]) -> Result<bool, SquashError> {
+    let Some(flush) = Flush::prepare(messages)? else {
+        return Ok(false);
+    };
+    Ok(insert_only::squash_inserts(&flush.prepared, &flush.key_fields, &flush.catalog)?.is_some())
+}
+
+fn squash_with(messages: &[ChangeBatch<'_>], fast_path: bool) -> Result<Squashed, SquashError> {
+    let Some(flush) = Flush::prepare(messages)? else {
         return Ok(empty_squashed());
     };
-    let key_fields: Vec<FieldRef> = first
-        .layout
-        .keys()
-        .iter()
-        .map(|key| Arc::new(Field::new(&key.name, key.data_type.clone(), false)))
-        .collect();
-    let sort_fields = key_fields
-        .iter()
-        .map(|field| SortField::new(field.data_type().clone()))
-        .collect();
-    let converter =
-        RowConverter::new(sort_fields).map_err(arrow_error("creating the key row converter"))?;
-    let mut catalog = ValueCatalog::default();
-    let prepared = messages
-        .iter()
-        .enumerate()
-        .map(|(index, message)| prepare(index, message, &key_fields, &converter, &mut catalog))
-        .collect::<Result<Vec<_>, _>>()?;
-    let states = apply_all(&prepared, catalog.fields.len());
-    build_output(&converter, key_fields, catalog, states)
+    if fast_path {
+        if let Some(squashed) =
+            insert_only::squash_inserts(&flush.prepared, &flush.key_fields, &flush.catalog)?
+        {
+            return Ok(squashed);
+        }
+    }
+    let states = apply_all(&flush.prepared, flush.catalog.fields.len());
+    build_output(&flush.converter, flush.key_fields, flush.catalog, states)
+}
+
+/// Every message of a flush, prepared, with what they share.
+struct Flush {
+    key_fields: Vec<FieldRef>,
+    converter: RowConverter,
+    catalog: ValueCatalog,
+    prepared: Vec<Prepared>,
+}
+
+impl Flush {
+    /// `None` when there are no messages.
+    fn prepare(messages: &[ChangeBatch<'_>]) -> Result<Option<Flush>, SquashError> {
+        let Some(first) = messages.first() else {
+            return Ok(None);
+        };
+        let key_fields: Vec<FieldRef> = first
+            .layout
+            .keys()
+            .iter()
+            .map(|key| Arc::new(Field::new(&key.name, key.data_type.clone(), false)))
+            .collect();
+        let sort_fields = key_fields
+            .iter()
+            .map(|field| SortField::new(field.data_type().clone()))
+            .collect();
+        let converter = RowConverter::new(sort_fields)
+            .map_err(arrow_error("creating the key row converter"))?;
+        let mut catalog = ValueCatalog::default();
+        let prepared = messages
+            .iter()
+            .enumerate()
+            .map(|(index, message)| prepare(index, message, &key_fields, &converter, &mut catalog))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Flush {
+            key_fields,
+            converter,
+            catalog,
+            prepared,
+        }))
+    }
 }
 
 /// Checks one message on its own, as `do_put` should before the WAL accepts
@@ -218,6 +268,8 @@ impl ValueSlot {
 struct Prepared {
     old_keys: Rows,
     new_keys: Rows,
+    /// The NEW_PK columns (key order of message 0, its key types).
+    new_columns: Vec<ArrayRef>,
     kinds: Vec<RowKind>,
     values: Vec<ValueSlot>,
 }
@@ -257,6 +309,7 @@ fn prepare(
     Ok(Prepared {
         old_keys,
         new_keys,
+        new_columns,
         kinds,
         values,
     })
@@ -655,6 +708,8 @@ fn build_fill_from(
         .collect();
     record_batch(fields, columns, "building fill_from")
 }
+
+mod insert_only;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -405,8 +405,43 @@ fn pre_flush() -> Table {
 
 /// Squashes, applies to the pre-flush table, and checks it against the
 /// one-by-one model. Returns the squash result for further checks.
+/// The general path on the same messages (no insert-only fast path).
+fn squash_messages_general(messages: &[TestMessage]) -> Result<Squashed, SquashError> {
+    let encoded: Vec<(SyncLayout, RecordBatch)> =
+        messages.iter().map(TestMessage::encode).collect();
+    let batches: Vec<ChangeBatch<'_>> = encoded
+        .iter()
+        .map(|(layout, batch)| ChangeBatch { layout, batch })
+        .collect();
+    squash_general(&batches)
+}
+
+/// Whether [`squash`] takes the insert-only fast path on `messages`.
+fn takes_fast_path(messages: &[TestMessage]) -> bool {
+    let encoded: Vec<(SyncLayout, RecordBatch)> =
+        messages.iter().map(TestMessage::encode).collect();
+    let batches: Vec<ChangeBatch<'_>> = encoded
+        .iter()
+        .map(|(layout, batch)| ChangeBatch { layout, batch })
+        .collect();
+    insert_only_taken(&batches).unwrap()
+}
+
+/// Field by field: `Squashed` has no `PartialEq` of its own.
+fn assert_same_squash(fast: &Squashed, general: &Squashed) {
+    assert_eq!(fast.key_fields, general.key_fields, "key_fields");
+    assert_eq!(fast.value_fields, general.value_fields, "value_fields");
+    assert_eq!(fast.removed_keys, general.removed_keys, "removed_keys");
+    assert_eq!(fast.upserts, general.upserts, "upserts");
+    assert_eq!(fast.fill_from, general.fill_from, "fill_from");
+    assert_eq!(fast.value_set, general.value_set, "value_set");
+}
+
+/// Checks the squash against the model, and [`squash`] (with its fast path)
+/// against the general path on the same input.
 fn check_against_model(pre_flush: &Table, messages: &[TestMessage]) -> (Squashed, Table) {
     let squashed = squash_messages(messages).unwrap();
+    assert_same_squash(&squashed, &squash_messages_general(messages).unwrap());
     let mut expected = pre_flush.clone();
     for message in messages {
         apply_one_by_one(&mut expected, message);
@@ -951,6 +986,50 @@ fn message_strategy() -> impl Strategy<Value = TestMessage> {
         )
 }
 
+/// Insert-only messages over a key space large enough that keys are mostly
+/// distinct (the fast path) and sometimes repeat (the fallback), in any order.
+fn insert_message_strategy() -> impl Strategy<Value = TestMessage> {
+    let values = proptest::array::uniform3(proptest::option::weighted(0.8, 0i64..100));
+    let changed = proptest::array::uniform3(proptest::option::weighted(0.9, any::<bool>()));
+    let row = prop_oneof![
+        8 => ((0i64..40, 0i64..3), values.clone(), changed.clone()).prop_map(|((k1, k2), values, changed)| TestRow {
+            op: Op::Insert { new: [k1, k2] },
+            values,
+            changed,
+        }),
+        1 => (values, changed).prop_map(|(values, changed)| TestRow {
+            op: Op::Nothing,
+            values,
+            changed,
+        }),
+    ];
+    (
+        proptest::array::uniform3(any::<bool>()),
+        proptest::array::uniform3(any::<bool>()),
+        any::<u64>(),
+        any::<bool>(),
+        proptest::collection::vec(row, 0..12),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(carried, has_changed, shuffle, keys_reversed, mut rows, ascending)| {
+                if ascending {
+                    rows.sort_by_key(|row| match row.op {
+                        Op::Insert { new } => new,
+                        _ => [-1, -1],
+                    });
+                }
+                TestMessage {
+                    carried,
+                    has_changed,
+                    shuffle,
+                    keys_reversed,
+                    rows,
+                }
+            },
+        )
+}
+
 fn table_strategy() -> impl Strategy<Value = Table> {
     let row = proptest::collection::btree_map(
         prop_oneof![Just("a"), Just("b"), Just("c"), Just("extra")].prop_map(str::to_owned),
@@ -970,4 +1049,39 @@ proptest! {
     ) {
         check_against_model(&pre_flush, &messages);
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn insert_only_fast_path_equals_the_general_path_and_the_model(
+        pre_flush in table_strategy(),
+        messages in proptest::collection::vec(insert_message_strategy(), 1..4),
+    ) {
+        // check_against_model compares squash (fast path when it applies)
+        // with the general path and with the one-by-one model.
+        check_against_model(&pre_flush, &messages);
+    }
+}
+
+#[test]
+fn distinct_inserts_take_the_fast_path_and_repeated_keys_do_not() {
+    let ascending = TestMessage::plain()
+        .insert([1, 0], [Some(1), None, Some(3)])
+        .insert([2, 0], [Some(2), Some(5), None]);
+    let unordered = TestMessage::new([true, false, true], [false, false, true])
+        .insert([9, 1], [Some(9), None, Some(1)])
+        .row(Op::Nothing, [None; 3], [None; 3])
+        .insert([0, 1], [Some(0), None, Some(2)]);
+    assert!(takes_fast_path(&[ascending.clone(), unordered.clone()]));
+    check_against_model(&pre_flush(), &[ascending.clone(), unordered]);
+
+    let again = TestMessage::plain().insert([2, 0], [Some(7), Some(7), Some(7)]);
+    assert!(!takes_fast_path(&[ascending.clone(), again.clone()]));
+    check_against_model(&pre_flush(), &[ascending.clone(), again]);
+
+    let update = TestMessage::plain().update([1, 0], [1, 0], [Some(4), None, None]);
+    assert!(!takes_fast_path(&[ascending.clone(), update.clone()]));
+    check_against_model(&pre_flush(), &[ascending, update]);
 }
