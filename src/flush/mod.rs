@@ -28,6 +28,7 @@ use tokio::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::identity::TableId;
+use crate::lake::maintenance::{maintain, MaintenanceConfig};
 use crate::pending::{DuePolicy, Pending, Quarantine};
 use crate::wal::Wal;
 
@@ -41,6 +42,10 @@ pub use table::{flush_table, FlushError, FlushErrorKind};
 /// reported at commit either way; only truncation waits.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Least time between two vacuums of one table (each lists the table's
+/// whole directory).
+const VACUUM_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Settings of the scheduler.
 #[derive(Debug, Clone)]
 pub struct FlushConfig {
@@ -53,6 +58,8 @@ pub struct FlushConfig {
     pub quarantine_after_transient: u32,
     /// How often a quarantined table is tried again.
     pub quarantine_retry: Duration,
+    /// Compaction, checkpoints and vacuum, run between flushes of a table.
+    pub maintenance: MaintenanceConfig,
 }
 
 impl From<&Config> for FlushConfig {
@@ -67,6 +74,18 @@ impl From<&Config> for FlushConfig {
             quarantine_after_permanent: config.quarantine_after_failures.clamp(1, 3),
             quarantine_after_transient: config.quarantine_after_failures,
             quarantine_retry: Duration::from_millis(config.quarantine_retry_ms),
+            maintenance: MaintenanceConfig {
+                target_file_bytes: config.ops.target_file_bytes,
+                vacuum_retention: Duration::from_secs(
+                    config.ops.vacuum_retention_hours.saturating_mul(3600),
+                ),
+                interval_commits: config.ops.checkpoint_interval_commits,
+                // A retention shorter than the interval is an operator's
+                // wish to see removed files go soon.
+                vacuum_interval: VACUUM_INTERVAL.min(Duration::from_secs(
+                    config.ops.vacuum_retention_hours.saturating_mul(3600),
+                )),
+            },
         }
     }
 }
@@ -89,6 +108,14 @@ pub struct FlushMetrics {
     pub rows_written: AtomicU64,
     pub frames_flushed: AtomicU64,
     pub quarantines: AtomicU64,
+    /// Failures that retrying may mend (store outage, WAL I/O).
+    pub failures_transient: AtomicU64,
+    /// Failures that repeat on the same input.
+    pub failures_permanent: AtomicU64,
+    /// Duration of each committed flush of one table.
+    pub flush_seconds: crate::ops::latency::Latency,
+    /// Compaction, checkpoints and vacuum.
+    pub maintenance: crate::lake::maintenance::MaintenanceMetrics,
 }
 
 /// Handle of the running scheduler.
@@ -132,6 +159,7 @@ async fn run(context: FlushContext, mut stopped: watch::Receiver<bool>) {
     let mut backoff: HashMap<TableId, Backoff> = HashMap::new();
     let mut unsaved = false;
     let mut last_checkpoint: Option<Instant> = None;
+    let mut upkeep: HashMap<TableId, Upkeep> = HashMap::new();
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
@@ -153,6 +181,10 @@ async fn run(context: FlushContext, mut stopped: watch::Receiver<bool>) {
                         tracing::info!(%table, "flushed again: the table left quarantine");
                     }
                     unsaved |= changed;
+                    if changed {
+                        upkeep.entry(table.clone()).or_default().flushes += 1;
+                        run_maintenance(&context, &table, &mut upkeep).await;
+                    }
                 }
                 Err(error) => {
                     let previous = backoff.get(&table).copied();
@@ -173,6 +205,42 @@ async fn run(context: FlushContext, mut stopped: watch::Receiver<bool>) {
     }
 }
 
+/// A table's maintenance state in the scheduler.
+#[derive(Debug, Default)]
+struct Upkeep {
+    /// Flushes since the last maintenance run.
+    flushes: u64,
+    last_vacuum: Option<Instant>,
+}
+
+/// Maintains `table` (see [`crate::lake::maintenance`]) once it has had
+/// `interval_commits` flushes since the last run; in the flusher's task, so
+/// never concurrently with a flush of the table. A failure is logged and
+/// the run repeats after the next interval.
+async fn run_maintenance(
+    context: &FlushContext,
+    table: &TableId,
+    upkeep: &mut HashMap<TableId, Upkeep>,
+) {
+    let config = &context.config.maintenance;
+    let Some(state) = upkeep.get_mut(table) else {
+        return;
+    };
+    if state.flushes < config.interval_commits {
+        return;
+    }
+    state.flushes = 0;
+    let vacuum = state
+        .last_vacuum
+        .is_none_or(|at| at.elapsed() >= config.vacuum_interval);
+    if vacuum {
+        state.last_vacuum = Some(Instant::now());
+    }
+    if let Err(error) = maintain(table, config, vacuum, &context.metrics.maintenance).await {
+        tracing::warn!(%table, %error, "table maintenance failed; the table is unchanged and maintenance runs again later");
+    }
+}
+
 /// Records a failed flush: the next attempt, and quarantine once the table
 /// failed often enough for its kind of error.
 fn failed(
@@ -182,6 +250,11 @@ fn failed(
     previous: Option<Backoff>,
 ) -> Backoff {
     context.metrics.failures.fetch_add(1, Ordering::Relaxed);
+    match error.kind() {
+        FlushErrorKind::Transient => &context.metrics.failures_transient,
+        FlushErrorKind::Permanent => &context.metrics.failures_permanent,
+    }
+    .fetch_add(1, Ordering::Relaxed);
     let failures = previous.map_or(1, |b| b.failures.saturating_add(1));
     let config = &context.config;
     let limit = match error.kind() {

@@ -163,6 +163,8 @@ pub struct WalMetrics {
     pub segments_created: AtomicU64,
     pub segments_removed: AtomicU64,
     pub segments_recycled: AtomicU64,
+    /// Duration of each fdatasync of the active segment.
+    pub fsync_seconds: crate::ops::latency::Latency,
 }
 
 impl WalMetrics {
@@ -486,6 +488,11 @@ impl Wal {
 
     pub fn config(&self) -> &WalConfig {
         &self.shared.config
+    }
+
+    /// Why the WAL failed (fail-stop), if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.state().failed.clone()
     }
 
     pub fn metrics(&self) -> &WalMetrics {
