@@ -65,7 +65,8 @@ fn sample(text: &str, name: &str) -> Option<f64> {
     })
 }
 
-#[tokio::test]
+// terminate() blocks a thread; the client needs another to close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_readiness_are_served_over_http() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("node");
@@ -112,6 +113,9 @@ async fn metrics_health_and_readiness_are_served_over_http() {
     for name in REQUIRED_METRICS {
         assert!(flight_text.contains(name), "{name} missing from the Flight action:\n{flight_text}");
     }
+    // The client's connection is driven by this test's runtime, which
+    // terminate() blocks: close it first so the graceful stop can finish.
+    drop(client);
     let status = node.terminate();
     assert!(status.success(), "{status}");
 }
@@ -148,7 +152,8 @@ async fn readiness_names_quarantine_and_shutdown() {
     assert_eq!(health.readiness().expect_err("stopping")["reason"], "shutting_down");
 }
 
-#[tokio::test]
+// terminate() blocks a thread; the client needs another to close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_keep_dependencies_info_lines_out() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("node");
@@ -157,6 +162,7 @@ async fn json_logs_keep_dependencies_info_lines_out() {
     put_inserts(&mut client, &command("ops/logs", "log-origin", Some(1)), 0..10).await;
     wait_durable(&mut client, "ops/logs", "log-origin", 1).await;
     let log_path = node.log_path.clone();
+    drop(client);
     assert!(node.terminate().success());
     let log = std::fs::read_to_string(&log_path).expect("the node's log");
     let lines: Vec<serde_json::Value> = log
@@ -196,7 +202,8 @@ fn make_certificates(dir: &std::path::Path) -> Result<(), String> {
     run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext"])
 }
 
-#[tokio::test]
+// terminate() blocks a thread; the client needs another to close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pyarrow_writes_over_tls_with_a_token_and_is_refused_without_one() {
     let python = match python_with(&[PYARROW]) {
         Ok(python) => python,

@@ -49,7 +49,8 @@ fn parquet_files_on_disk(table_dir: &Path) -> usize {
         .count()
 }
 
-#[tokio::test]
+// terminate() blocks a thread; the client needs another to close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_row_transactions_end_as_a_handful_of_files_at_protocol_1_2() {
     let count = transactions();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -140,5 +141,6 @@ async fn one_row_transactions_end_as_a_handful_of_files_at_protocol_1_2() {
     // those of the last compaction (vacuumed at the next run).
     let on_disk = parquet_files_on_disk(&table_dir);
     assert!(on_disk <= files.len() + 20, "{on_disk} parquet files on disk for {} active", files.len());
+    drop(client);
     assert!(node.terminate().success());
 }

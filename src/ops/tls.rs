@@ -29,6 +29,9 @@ pub fn server_config(ops: &OpsConfig) -> Result<Option<ServerTlsConfig>, TlsFile
     let (Some(cert), Some(key)) = (&ops.tls_cert, &ops.tls_key) else {
         return Ok(None);
     };
+    // Both ring and aws-lc-rs are linked (the AWS SDK brings the latter), so
+    // rustls cannot pick a provider by itself; an already installed one stays.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let identity = Identity::from_pem(read("--tls-cert", cert)?, read("--tls-key", key)?);
     let mut config = ServerTlsConfig::new().identity(identity);
     if let Some(ca) = &ops.tls_client_ca {
