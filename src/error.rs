@@ -123,9 +123,7 @@ impl NodeError {
             NodeError::UnsupportedFormat { .. } => ErrorKind::Unimplemented,
             NodeError::StoreNotAllowed { .. }
             | NodeError::TokenStoreNotAllowed { .. }
-            | NodeError::MemoryStoreRefused { .. } => {
-                ErrorKind::PermissionDenied
-            }
+            | NodeError::MemoryStoreRefused { .. } => ErrorKind::PermissionDenied,
             NodeError::Unwritable { problem, .. } => store_problem_kind(problem),
             NodeError::Quarantined { .. } => ErrorKind::FailedPrecondition,
             NodeError::ShuttingDown => ErrorKind::Closed,

@@ -153,7 +153,11 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     line.push_str(&format!(
         " tls={} auth={}",
         if options.tls.is_some() { "on" } else { "off" },
-        if options.tokens.is_some() { "tokens" } else { "off" }
+        if options.tokens.is_some() {
+            "tokens"
+        } else {
+            "off"
+        }
     ));
     println!("{line}");
     use std::io::Write;

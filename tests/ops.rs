@@ -70,7 +70,10 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 async fn metrics_health_and_readiness_are_served_over_http() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("node");
-    let node = ServeProcess::start(&data, &["--http-listen", "127.0.0.1:0", "--max-lag-ms", "20"]);
+    let node = ServeProcess::start(
+        &data,
+        &["--http-listen", "127.0.0.1:0", "--max-lag-ms", "20"],
+    );
     let http: SocketAddr = node.start_field("http").parse().expect("http address");
     assert_eq!(http_get(http, "/healthz").0, 200);
     let (status, body) = http_get(http, "/readyz");
@@ -79,23 +82,52 @@ async fn metrics_health_and_readiness_are_served_over_http() {
     let mut client = node.client().await;
     for sequence in 1..=3u64 {
         let ids = (sequence as i64 * 10)..(sequence as i64 * 10 + 5);
-        put_inserts(&mut client, &command("ops/metrics", "ops-origin", Some(sequence)), ids).await;
+        put_inserts(
+            &mut client,
+            &command("ops/metrics", "ops-origin", Some(sequence)),
+            ids,
+        )
+        .await;
     }
     wait_durable(&mut client, "ops/metrics", "ops-origin", 3).await;
 
     let (status, text) = http_get(http, "/metrics");
     assert_eq!(status, 200, "{text}");
     for name in REQUIRED_METRICS {
-        assert!(text.lines().any(|line| line.starts_with(name)), "{name} missing from /metrics:\n{text}");
+        assert!(
+            text.lines().any(|line| line.starts_with(name)),
+            "{name} missing from /metrics:\n{text}"
+        );
     }
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
     let ok = sample(&text, r#"flightlog_put_requests_total{code="ok"}"#).expect("ok puts counted");
     assert!(ok >= 3.0, "3 puts and the probes answered ok, counted {ok}");
-    assert_eq!(sample(&text, r#"flightlog_origin_memory_sequence{origin="ops-origin"}"#), Some(3.0));
-    assert_eq!(sample(&text, r#"flightlog_origin_durable_sequence{origin="ops-origin"}"#), Some(3.0));
-    assert!(sample(&text, "flightlog_flush_rows_total").is_some_and(|rows| rows >= 15.0), "{text}");
-    assert!(sample(&text, "flightlog_wal_fsyncs_total").is_some_and(|n| n >= 3.0), "{text}");
-    assert!(sample(&text, "flightlog_ack_seconds_count").is_some_and(|n| n >= 3.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"flightlog_origin_memory_sequence{origin="ops-origin"}"#
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"flightlog_origin_durable_sequence{origin="ops-origin"}"#
+        ),
+        Some(3.0)
+    );
+    assert!(
+        sample(&text, "flightlog_flush_rows_total").is_some_and(|rows| rows >= 15.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "flightlog_wal_fsyncs_total").is_some_and(|n| n >= 3.0),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "flightlog_ack_seconds_count").is_some_and(|n| n >= 3.0),
+        "{text}"
+    );
     assert_eq!(sample(&text, "flightlog_tables_quarantined"), Some(0.0));
     assert_eq!(http_get(http, "/nothing-here").0, 404);
 
@@ -104,14 +136,16 @@ async fn metrics_health_and_readiness_are_served_over_http() {
         flightlog::flight::METRICS_ACTION,
         flightlog::flight::METRICS_PROMETHEUS_BODY.to_vec(),
     );
-    let results: Vec<bytes::Bytes> = futures::TryStreamExt::try_collect(
-        client.do_action(action).await.expect("metrics action"),
-    )
-    .await
-    .expect("metrics action results");
+    let results: Vec<bytes::Bytes> =
+        futures::TryStreamExt::try_collect(client.do_action(action).await.expect("metrics action"))
+            .await
+            .expect("metrics action results");
     let flight_text = String::from_utf8(results[0].to_vec()).expect("utf-8");
     for name in REQUIRED_METRICS {
-        assert!(flight_text.contains(name), "{name} missing from the Flight action:\n{flight_text}");
+        assert!(
+            flight_text.contains(name),
+            "{name} missing from the Flight action:\n{flight_text}"
+        );
     }
     // The client's connection is driven by this test's runtime, which
     // terminate() blocks: close it first so the graceful stop can finish.
@@ -124,7 +158,10 @@ async fn metrics_health_and_readiness_are_served_over_http() {
 async fn readiness_names_quarantine_and_shutdown() {
     let node = InProcessNode::start(|_| {}).await;
     let health = flightlog::ops::http::Health::new();
-    assert_eq!(health.readiness().expect_err("not set yet")["reason"], "recovering");
+    assert_eq!(
+        health.readiness().expect_err("not set yet")["reason"],
+        "recovering"
+    );
     health.set_node(node.node.clone());
     assert!(health.readiness().is_ok());
 
@@ -149,7 +186,10 @@ async fn readiness_names_quarantine_and_shutdown() {
     assert!(health.readiness().is_ok());
 
     node.node.begin_shutdown();
-    assert_eq!(health.readiness().expect_err("stopping")["reason"], "shutting_down");
+    assert_eq!(
+        health.readiness().expect_err("stopping")["reason"],
+        "shutting_down"
+    );
 }
 
 // terminate() blocks a thread; the client needs another to close.
@@ -159,7 +199,12 @@ async fn json_logs_keep_dependencies_info_lines_out() {
     let data = dir.path().join("node");
     let node = ServeProcess::start(&data, &["--log-format", "json", "--max-lag-ms", "20"]);
     let mut client = node.client().await;
-    put_inserts(&mut client, &command("ops/logs", "log-origin", Some(1)), 0..10).await;
+    put_inserts(
+        &mut client,
+        &command("ops/logs", "log-origin", Some(1)),
+        0..10,
+    )
+    .await;
     wait_durable(&mut client, "ops/logs", "log-origin", 1).await;
     let log_path = node.log_path.clone();
     drop(client);
@@ -171,7 +216,10 @@ async fn json_logs_keep_dependencies_info_lines_out() {
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
         .collect();
     assert!(
-        lines.iter().any(|line| line["message"] == "flushed" && line["target"].as_str().is_some_and(|t| t.starts_with("flightlog"))),
+        lines.iter().any(|line| line["message"] == "flushed"
+            && line["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("flightlog"))),
         "the node's own flush line is there:\n{log}"
     );
     for line in &lines {
@@ -192,14 +240,55 @@ fn make_certificates(dir: &std::path::Path) -> Result<(), String> {
             std::time::Duration::from_secs(60),
         )
     };
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=flightlog test CA"])?;
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"])?;
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=flightlog test CA",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ])?;
     std::fs::write(
         dir.join("server.ext"),
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
     )
     .map_err(|e| e.to_string())?;
-    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext"])
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ])
 }
 
 // terminate() blocks a thread; the client needs another to close.

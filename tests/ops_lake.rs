@@ -70,13 +70,19 @@ async fn one_row_transactions_end_as_a_handful_of_files_at_protocol_1_2() {
     let path = "ops/small";
     for sequence in 1..=count {
         let id = sequence as i64;
-        put_inserts(&mut client, &command(path, "small-origin", Some(sequence)), id..id + 1).await;
+        put_inserts(
+            &mut client,
+            &command(path, "small-origin", Some(sequence)),
+            id..id + 1,
+        )
+        .await;
         // Each transaction its own flush: the worst case for file counts.
         wait_durable(&mut client, path, "small-origin", sequence).await;
     }
     let rows = table_rows(&data, path).await;
-    let expected: Vec<(i64, Option<String>)> =
-        (1..=count as i64).map(|id| (id, Some(format!("v{id}")))).collect();
+    let expected: Vec<(i64, Option<String>)> = (1..=count as i64)
+        .map(|id| (id, Some(format!("v{id}"))))
+        .collect();
     assert_eq!(rows, expected, "every row once");
 
     let lake = std::path::absolute(data.join("lake")).expect("absolute");
@@ -97,14 +103,23 @@ async fn one_row_transactions_end_as_a_handful_of_files_at_protocol_1_2() {
         files.len(),
         parquet_files_on_disk(&table_dir)
     );
-    assert!(flush_commits as u64 >= count / 2, "the transactions were flushed separately ({flush_commits} commits)");
-    assert!(files.len() <= 15, "a handful of files, not {}: {files:?}", files.len());
+    assert!(
+        flush_commits as u64 >= count / 2,
+        "the transactions were flushed separately ({flush_commits} commits)"
+    );
+    assert!(
+        files.len() <= 15,
+        "a handful of files, not {}: {files:?}",
+        files.len()
+    );
 
     // Compaction commits: OPTIMIZE, dataChange = false, statistics kept.
     let optimize: Vec<&Vec<serde_json::Value>> = log
         .iter()
         .filter(|actions| {
-            actions.iter().any(|a| a["commitInfo"]["operation"] == "OPTIMIZE")
+            actions
+                .iter()
+                .any(|a| a["commitInfo"]["operation"] == "OPTIMIZE")
         })
         .collect();
     assert!(!optimize.is_empty(), "no compaction commit in the log");
@@ -117,9 +132,16 @@ async fn one_row_transactions_end_as_a_handful_of_files_at_protocol_1_2() {
             }
             if let Some(add) = action.get("add") {
                 let stats: serde_json::Value =
-                    serde_json::from_str(add["stats"].as_str().expect("stats")).expect("stats JSON");
-                assert!(stats["numRecords"].as_u64().is_some_and(|n| n > 0), "{stats}");
-                assert!(stats["minValues"]["id"].is_number(), "key statistics: {stats}");
+                    serde_json::from_str(add["stats"].as_str().expect("stats"))
+                        .expect("stats JSON");
+                assert!(
+                    stats["numRecords"].as_u64().is_some_and(|n| n > 0),
+                    "{stats}"
+                );
+                assert!(
+                    stats["minValues"]["id"].is_number(),
+                    "key statistics: {stats}"
+                );
             }
         }
     }
@@ -140,7 +162,11 @@ async fn one_row_transactions_end_as_a_handful_of_files_at_protocol_1_2() {
     // Vacuum (retention 0): files removed by compaction are gone, but for
     // those of the last compaction (vacuumed at the next run).
     let on_disk = parquet_files_on_disk(&table_dir);
-    assert!(on_disk <= files.len() + 20, "{on_disk} parquet files on disk for {} active", files.len());
+    assert!(
+        on_disk <= files.len() + 20,
+        "{on_disk} parquet files on disk for {} active",
+        files.len()
+    );
     drop(client);
     assert!(node.terminate().success());
 }

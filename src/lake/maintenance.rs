@@ -195,7 +195,10 @@ async fn compact(
             }
         }
     }
-    let adds = writer.flush().await.map_err(error("finish compacted files"))?;
+    let adds = writer
+        .flush()
+        .await
+        .map_err(error("finish compacted files"))?;
     let added = adds.len();
     let mut actions: Vec<Action> = picked
         .iter()
@@ -286,6 +289,11 @@ pub async fn data_files(table: &TableId) -> Result<Vec<(String, u64)>, LakeError
         .files()
         .await?
         .iter()
-        .map(|file| (file.path().into_owned(), u64::try_from(file.size()).unwrap_or(0)))
+        .map(|file| {
+            (
+                file.path().into_owned(),
+                u64::try_from(file.size()).unwrap_or(0),
+            )
+        })
         .collect())
 }

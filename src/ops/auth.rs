@@ -102,7 +102,11 @@ impl Tokens {
     /// ours. Every token is compared, each in constant time.
     pub fn grant(&self, authorization: Option<&[u8]>) -> Option<Grant> {
         let presented = authorization.and_then(bearer)?;
-        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut found = None;
         for entry in entries.iter() {
             if bool::from(entry.token.as_slice().ct_eq(presented)) {
@@ -211,8 +215,15 @@ mod tests {
     fn a_listed_token_is_granted_with_its_prefixes_and_others_are_not() {
         let (_dir, tokens) = tokens("# operators\nalpha\nbeta file:///lake/a s3://bucket/x\n\n");
         assert_eq!(tokens.len(), 2);
-        assert!(tokens.grant(Some(b"Bearer alpha")).unwrap().prefixes.is_empty());
-        assert_eq!(tokens.grant(Some(b"bearer beta")).unwrap().prefixes.len(), 2);
+        assert!(tokens
+            .grant(Some(b"Bearer alpha"))
+            .unwrap()
+            .prefixes
+            .is_empty());
+        assert_eq!(
+            tokens.grant(Some(b"bearer beta")).unwrap().prefixes.len(),
+            2
+        );
         assert!(tokens.grant(Some(b"Bearer alph")).is_none());
         assert!(tokens.grant(Some(b"Bearer alphaa")).is_none());
         assert!(tokens.grant(Some(b"Basic alpha")).is_none());
@@ -231,7 +242,10 @@ mod tests {
         std::fs::write(&path, "delta not-a-url\n").unwrap();
         let error = tokens.reload().unwrap_err().to_string();
         assert!(error.contains("line 1"), "{error}");
-        assert!(!error.contains("delta"), "the token is never in an error: {error}");
+        assert!(
+            !error.contains("delta"),
+            "the token is never in an error: {error}"
+        );
         assert!(tokens.grant(Some(b"Bearer gamma")).is_some());
     }
 }

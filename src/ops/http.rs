@@ -94,7 +94,12 @@ async fn readyz(State(health): State<Health>) -> Response {
         Ok(()) => (StatusCode::OK, json!({"ready": true})),
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
     };
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

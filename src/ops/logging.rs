@@ -7,11 +7,14 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 /// The filter used when `RUST_LOG` is not set.
-pub const DEFAULT_FILTER: &str = "warn,flightlog=info";
+/// (deltalake's "skipping statistics of a binary column" warning comes with
+/// every flush of a table that has one: expected, so only errors of it.)
+pub const DEFAULT_FILTER: &str = "warn,flightlog=info,deltalake_core::writer::stats=error";
 
 /// Installs the global subscriber (once per process; later calls do nothing).
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

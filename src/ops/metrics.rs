@@ -114,12 +114,22 @@ struct TableLabel {
     table: String,
 }
 
-fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
     let metric = ConstCounter::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
-fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: f64) -> Result<(), std::fmt::Error> {
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
     let metric = ConstGauge::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
@@ -146,7 +156,11 @@ fn family<L: EncodeLabelSet>(
     for (labels, value) in values {
         let mut labelled = metric.encode_family(labels)?;
         match metric_type {
-            MetricType::Counter => labelled.encode_counter::<prometheus_client::encoding::NoLabelSet, _, f64>(&(*value as u64), None)?,
+            MetricType::Counter => labelled
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, f64>(
+                    &(*value as u64),
+                    None,
+                )?,
             _ => labelled.encode_gauge(value)?,
         }
     }
@@ -164,63 +178,246 @@ impl Collector for NodeCollector {
             .requests
             .snapshot()
             .into_iter()
-            .map(|(code, n)| (CodeLabel { code: code.to_owned() }, n as f64))
+            .map(|(code, n)| {
+                (
+                    CodeLabel {
+                        code: code.to_owned(),
+                    },
+                    n as f64,
+                )
+            })
             .collect();
-        family(e, "flightlog_put_requests", "do_put calls answered, by gRPC status code", MetricType::Counter, &codes)?;
-        histogram(e, "flightlog_ack_seconds", "Time from a do_put's start to its answer (after the fsync covering it)", &put.ack_seconds)?;
-        counter(e, "flightlog_put_idle_transactions_aborted", "Open transactions aborted because their origin went quiet", load(&put.idle_transactions_aborted))?;
+        family(
+            e,
+            "flightlog_put_requests",
+            "do_put calls answered, by gRPC status code",
+            MetricType::Counter,
+            &codes,
+        )?;
+        histogram(
+            e,
+            "flightlog_ack_seconds",
+            "Time from a do_put's start to its answer (after the fsync covering it)",
+            &put.ack_seconds,
+        )?;
+        counter(
+            e,
+            "flightlog_put_idle_transactions_aborted",
+            "Open transactions aborted because their origin went quiet",
+            load(&put.idle_transactions_aborted),
+        )?;
 
         let wal = node.wal.metrics();
-        counter(e, "flightlog_wal_fsyncs", "fdatasync calls on WAL segments", load(&wal.syncs))?;
-        histogram(e, "flightlog_wal_fsync_seconds", "Duration of one fdatasync of the active WAL segment", &wal.fsync_seconds)?;
-        counter(e, "flightlog_wal_bytes", "Bytes written to the WAL", load(&wal.bytes_written))?;
-        counter(e, "flightlog_wal_frames", "Frames appended to the WAL", load(&wal.frames_appended))?;
-        counter(e, "flightlog_wal_group_commits", "Group commits (one write + one fsync for every waiter)", load(&wal.batches))?;
-        gauge(e, "flightlog_wal_segments", "WAL segment files in use", node.wal.segments().len() as f64)?;
-        gauge(e, "flightlog_wal_log_bytes", "Bytes of the WAL segments in use", node.wal.log_bytes() as f64)?;
-        gauge(e, "flightlog_wal_failed", "1 after a WAL failure (fail-stop: nothing is acknowledged until restart)", f64::from(u8::from(node.wal.failure().is_some())))?;
+        counter(
+            e,
+            "flightlog_wal_fsyncs",
+            "fdatasync calls on WAL segments",
+            load(&wal.syncs),
+        )?;
+        histogram(
+            e,
+            "flightlog_wal_fsync_seconds",
+            "Duration of one fdatasync of the active WAL segment",
+            &wal.fsync_seconds,
+        )?;
+        counter(
+            e,
+            "flightlog_wal_bytes",
+            "Bytes written to the WAL",
+            load(&wal.bytes_written),
+        )?;
+        counter(
+            e,
+            "flightlog_wal_frames",
+            "Frames appended to the WAL",
+            load(&wal.frames_appended),
+        )?;
+        counter(
+            e,
+            "flightlog_wal_group_commits",
+            "Group commits (one write + one fsync for every waiter)",
+            load(&wal.batches),
+        )?;
+        gauge(
+            e,
+            "flightlog_wal_segments",
+            "WAL segment files in use",
+            node.wal.segments().len() as f64,
+        )?;
+        gauge(
+            e,
+            "flightlog_wal_log_bytes",
+            "Bytes of the WAL segments in use",
+            node.wal.log_bytes() as f64,
+        )?;
+        gauge(
+            e,
+            "flightlog_wal_failed",
+            "1 after a WAL failure (fail-stop: nothing is acknowledged until restart)",
+            f64::from(u8::from(node.wal.failure().is_some())),
+        )?;
 
         let pending = &node.pending;
-        gauge(e, "flightlog_pending_bytes", "WAL bytes acknowledged and not yet durable in the lake", pending.pending_bytes() as f64)?;
-        gauge(e, "flightlog_pending_frames", "WAL frames acknowledged and not yet durable in the lake", pending.pending_frames() as f64)?;
-        gauge(e, "flightlog_durable_lag_seconds", "Age of the oldest acknowledged change not yet durable (0 when none)", pending.durable_lag(Instant::now()).as_secs_f64())?;
+        gauge(
+            e,
+            "flightlog_pending_bytes",
+            "WAL bytes acknowledged and not yet durable in the lake",
+            pending.pending_bytes() as f64,
+        )?;
+        gauge(
+            e,
+            "flightlog_pending_frames",
+            "WAL frames acknowledged and not yet durable in the lake",
+            pending.pending_frames() as f64,
+        )?;
+        gauge(
+            e,
+            "flightlog_durable_lag_seconds",
+            "Age of the oldest acknowledged change not yet durable (0 when none)",
+            pending.durable_lag(Instant::now()).as_secs_f64(),
+        )?;
 
         let flush = &node.flush_metrics;
-        counter(e, "flightlog_flush_commits", "Delta commits made by flushes", load(&flush.commits))?;
-        counter(e, "flightlog_flush_rows", "Rows written by flushes (kept rows of rewritten files included)", load(&flush.rows_written))?;
+        counter(
+            e,
+            "flightlog_flush_commits",
+            "Delta commits made by flushes",
+            load(&flush.commits),
+        )?;
+        counter(
+            e,
+            "flightlog_flush_rows",
+            "Rows written by flushes (kept rows of rewritten files included)",
+            load(&flush.rows_written),
+        )?;
         let kinds = [
-            (KindLabel { kind: "transient".into() }, load(&flush.failures_transient) as f64),
-            (KindLabel { kind: "permanent".into() }, load(&flush.failures_permanent) as f64),
+            (
+                KindLabel {
+                    kind: "transient".into(),
+                },
+                load(&flush.failures_transient) as f64,
+            ),
+            (
+                KindLabel {
+                    kind: "permanent".into(),
+                },
+                load(&flush.failures_permanent) as f64,
+            ),
         ];
-        family(e, "flightlog_flush_failures", "Failed flushes, by whether retrying may help", MetricType::Counter, &kinds)?;
-        histogram(e, "flightlog_flush_seconds", "Duration of one table's flush (read back, merge, commit)", &flush.flush_seconds)?;
-        counter(e, "flightlog_flush_quarantines", "Tables put in quarantine", load(&flush.quarantines))?;
+        family(
+            e,
+            "flightlog_flush_failures",
+            "Failed flushes, by whether retrying may help",
+            MetricType::Counter,
+            &kinds,
+        )?;
+        histogram(
+            e,
+            "flightlog_flush_seconds",
+            "Duration of one table's flush (read back, merge, commit)",
+            &flush.flush_seconds,
+        )?;
+        counter(
+            e,
+            "flightlog_flush_quarantines",
+            "Tables put in quarantine",
+            load(&flush.quarantines),
+        )?;
         let quarantined: Vec<(TableLabel, f64)> = pending
             .quarantined_tables()
             .into_iter()
-            .map(|(table, q)| (TableLabel { table: table.to_string() }, f64::from(q.failures)))
+            .map(|(table, q)| {
+                (
+                    TableLabel {
+                        table: table.to_string(),
+                    },
+                    f64::from(q.failures),
+                )
+            })
             .collect();
-        gauge(e, "flightlog_tables_quarantined", "Tables in quarantine now", quarantined.len() as f64)?;
-        family(e, "flightlog_table_quarantine_failures", "Consecutive failed flushes of each quarantined table", MetricType::Gauge, &quarantined)?;
+        gauge(
+            e,
+            "flightlog_tables_quarantined",
+            "Tables in quarantine now",
+            quarantined.len() as f64,
+        )?;
+        family(
+            e,
+            "flightlog_table_quarantine_failures",
+            "Consecutive failed flushes of each quarantined table",
+            MetricType::Gauge,
+            &quarantined,
+        )?;
 
         let maintenance = &flush.maintenance;
-        counter(e, "flightlog_compactions", "Compaction commits (dataChange = false)", load(&maintenance.compactions))?;
-        counter(e, "flightlog_compaction_files_removed", "Small data files replaced by compaction", load(&maintenance.files_compacted))?;
-        counter(e, "flightlog_checkpoints", "Delta checkpoints written", load(&maintenance.checkpoints))?;
-        counter(e, "flightlog_vacuum_files_deleted", "Unreferenced data files deleted by vacuum", load(&maintenance.files_vacuumed))?;
-        counter(e, "flightlog_maintenance_failures", "Failed maintenance steps (compaction, checkpoint, vacuum); retried later", load(&maintenance.failures))?;
+        counter(
+            e,
+            "flightlog_compactions",
+            "Compaction commits (dataChange = false)",
+            load(&maintenance.compactions),
+        )?;
+        counter(
+            e,
+            "flightlog_compaction_files_removed",
+            "Small data files replaced by compaction",
+            load(&maintenance.files_compacted),
+        )?;
+        counter(
+            e,
+            "flightlog_checkpoints",
+            "Delta checkpoints written",
+            load(&maintenance.checkpoints),
+        )?;
+        counter(
+            e,
+            "flightlog_vacuum_files_deleted",
+            "Unreferenced data files deleted by vacuum",
+            load(&maintenance.files_vacuumed),
+        )?;
+        counter(
+            e,
+            "flightlog_maintenance_failures",
+            "Failed maintenance steps (compaction, checkpoint, vacuum); retried later",
+            load(&maintenance.failures),
+        )?;
 
         let numbers = pending.origin_numbers();
         let memory: Vec<(OriginLabel, f64)> = numbers
             .iter()
-            .filter_map(|(origin, n)| Some((OriginLabel { origin: origin.to_string() }, n.memory? as f64)))
+            .filter_map(|(origin, n)| {
+                Some((
+                    OriginLabel {
+                        origin: origin.to_string(),
+                    },
+                    n.memory? as f64,
+                ))
+            })
             .collect();
         let durable: Vec<(OriginLabel, f64)> = numbers
             .iter()
-            .filter_map(|(origin, n)| Some((OriginLabel { origin: origin.to_string() }, n.durable? as f64)))
+            .filter_map(|(origin, n)| {
+                Some((
+                    OriginLabel {
+                        origin: origin.to_string(),
+                    },
+                    n.durable? as f64,
+                ))
+            })
             .collect();
-        family(e, "flightlog_origin_memory_sequence", "Highest acknowledged (fsynced) sequence number per origin", MetricType::Gauge, &memory)?;
-        family(e, "flightlog_origin_durable_sequence", "Highest sequence number durable in the lake per origin", MetricType::Gauge, &durable)?;
+        family(
+            e,
+            "flightlog_origin_memory_sequence",
+            "Highest acknowledged (fsynced) sequence number per origin",
+            MetricType::Gauge,
+            &memory,
+        )?;
+        family(
+            e,
+            "flightlog_origin_durable_sequence",
+            "Highest sequence number durable in the lake per origin",
+            MetricType::Gauge,
+            &durable,
+        )?;
         Ok(())
     }
 }

@@ -69,12 +69,15 @@ def batch(changes):
 def transactions(rng, model, count):
     """Yields lists of (old, new, values) and applies them to model."""
     next_key = 1
-    for _ in range(count):
+    for number in range(count):
+        # The first half only inserts new keys: appended files, which
+        # maintenance compacts before the updates and deletes come.
+        inserting = number < count // 2
         changes = []
         for _ in range(rng.randrange(1, 8)):
             keys = sorted(model)
             kind = rng.random()
-            if not keys or kind < 0.45:
+            if not keys or inserting or kind < 0.45:
                 key, next_key = next_key, next_key + 1
                 row = values(rng, key)
                 changes.append((None, key, row))
