@@ -417,6 +417,28 @@ mod tests {
     }
 
     #[test]
+    fn ops_flags_have_their_defaults_and_tls_files_go_in_pairs() {
+        let config = Config::resolve(ServeArgs::default()).expect("defaults");
+        assert_eq!(config.ops.http_listen, None);
+        assert_eq!(config.ops.log_format, LogFormat::Text);
+        assert_eq!(config.ops.target_file_bytes, 128 << 20);
+        assert_eq!(config.ops.vacuum_retention_hours, 168);
+        assert_eq!(config.ops.checkpoint_interval_commits, 10);
+        let error = Config::resolve(ServeArgs {
+            tls_cert: Some(PathBuf::from("cert.pem")),
+            ..ServeArgs::default()
+        })
+        .expect_err("a certificate without its key");
+        assert!(error.to_string().contains("tls_cert"), "{error}");
+        let error = Config::resolve(ServeArgs {
+            tls_client_ca: Some(PathBuf::from("ca.pem")),
+            ..ServeArgs::default()
+        })
+        .expect_err("client CA without TLS");
+        assert!(error.to_string().contains("tls_client_ca"), "{error}");
+    }
+
+    #[test]
     fn an_unknown_key_or_inverted_watermarks_are_refused_by_name() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("bad.toml");

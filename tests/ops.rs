@@ -288,12 +288,46 @@ fn make_certificates(dir: &std::path::Path) -> Result<(), String> {
         "2",
         "-extfile",
         "server.ext",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=flightlog test client",
+    ])?;
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
+    )
+    .map_err(|e| e.to_string())?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
     ])
 }
 
 // terminate() blocks a thread; the client needs another to close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pyarrow_writes_over_tls_with_a_token_and_is_refused_without_one() {
+async fn pyarrow_writes_over_tls_with_a_token_or_a_client_certificate_and_is_refused_without() {
     let python = match python_with(&[PYARROW]) {
         Ok(python) => python,
         Err(reason) => {
@@ -374,5 +408,34 @@ async fn pyarrow_writes_over_tls_with_a_token_and_is_refused_without_one() {
     for token in ["writer-token-1", "limited-token-2", "rotated-token-3"] {
         assert!(!log.contains(token), "a token is in the log:\n{log}");
     }
+    assert!(node.terminate().success());
+
+    // Client certificates: --tls-client-ca.
+    let node = ServeProcess::start(
+        &dir.path().join("mtls-node"),
+        &[
+            "--tls-cert",
+            cert.to_str().expect("utf-8 path"),
+            "--tls-key",
+            key.to_str().expect("utf-8 path"),
+            "--tls-client-ca",
+            ca.to_str().expect("utf-8 path"),
+        ],
+    );
+    let output = Command::new(&python)
+        .arg(script("ops_tls.py"))
+        .args(["mtls", &node.addr.to_string()])
+        .arg(&ca)
+        .arg(dir.path().join("client.pem"))
+        .arg(dir.path().join("client.key"))
+        .output()
+        .expect("run ops_tls.py mtls");
+    assert!(
+        output.status.success(),
+        "ops_tls.py mtls failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(node.terminate().success());
 }

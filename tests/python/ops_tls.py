@@ -66,9 +66,34 @@ def rotated(address, ca, new, old):
     print("ok")
 
 
+def mtls(address, ca, cert, key):
+    """A node with --tls-client-ca: a client with a certificate the CA signed
+    writes; one without a certificate is refused in the handshake."""
+    with open(ca, "rb") as f:
+        roots = f.read()
+    with open(cert, "rb") as f:
+        chain = f.read()
+    with open(key, "rb") as f:
+        private = f.read()
+    with_cert = flight.FlightClient(
+        f"grpc+tls://{address}", tls_root_certs=roots, cert_chain=chain, private_key=private
+    )
+    answer = put(with_cert, None, 1)
+    stranger.check(answer["accepted"] and answer["memory_sequence_number"] == 1, f"put with a client certificate: {answer}")
+    without = flight.FlightClient(f"grpc+tls://{address}", tls_root_certs=roots)
+    try:
+        put(without, None, 2)
+        stranger.fail("a client without a certificate was answered")
+    except stranger.Refused:
+        pass
+    print("ok")
+
+
 def main():
     if sys.argv[1] == "rotated":
         return rotated(*sys.argv[2:6])
+    if sys.argv[1] == "mtls":
+        return mtls(*sys.argv[2:6])
     address, ca, token, limited = sys.argv[1:5]
     trusted = client(address, ca)
     answer = put(trusted, token, 1)
