@@ -124,12 +124,15 @@ fn counter(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
-fn gauge(
+fn gauge<V>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    value: f64,
-) -> Result<(), std::fmt::Error> {
+    value: V,
+) -> Result<(), std::fmt::Error>
+where
+    V: prometheus_client::encoding::EncodeGaugeValue + std::fmt::Debug + Send + Sync + 'static,
+{
     let metric = ConstGauge::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
@@ -144,23 +147,20 @@ fn histogram(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
-/// One labelled family of values of one type.
+/// One labelled family of whole-number values of one type.
 fn family<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     metric_type: MetricType,
-    values: &[(L, f64)],
+    values: &[(L, u64)],
 ) -> Result<(), std::fmt::Error> {
     let mut metric = encoder.encode_descriptor(name, help, None, metric_type)?;
     for (labels, value) in values {
         let mut labelled = metric.encode_family(labels)?;
         match metric_type {
             MetricType::Counter => labelled
-                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, f64>(
-                    &(*value as u64),
-                    None,
-                )?,
+                .encode_counter::<prometheus_client::encoding::NoLabelSet, _, f64>(value, None)?,
             _ => labelled.encode_gauge(value)?,
         }
     }
@@ -174,7 +174,7 @@ impl Collector for NodeCollector {
         let e = &mut encoder;
 
         let put = &node.put_metrics;
-        let codes: Vec<(CodeLabel, f64)> = put
+        let codes: Vec<(CodeLabel, u64)> = put
             .requests
             .snapshot()
             .into_iter()
@@ -183,7 +183,7 @@ impl Collector for NodeCollector {
                     CodeLabel {
                         code: code.to_owned(),
                     },
-                    n as f64,
+                    n,
                 )
             })
             .collect();
@@ -242,19 +242,19 @@ impl Collector for NodeCollector {
             e,
             "flightlog_wal_segments",
             "WAL segment files in use",
-            node.wal.segments().len() as f64,
+            node.wal.segments().len() as u64,
         )?;
         gauge(
             e,
             "flightlog_wal_log_bytes",
             "Bytes of the WAL segments in use",
-            node.wal.log_bytes() as f64,
+            node.wal.log_bytes(),
         )?;
         gauge(
             e,
             "flightlog_wal_failed",
             "1 after a WAL failure (fail-stop: nothing is acknowledged until restart)",
-            f64::from(u8::from(node.wal.failure().is_some())),
+            u64::from(node.wal.failure().is_some()),
         )?;
 
         let pending = &node.pending;
@@ -262,13 +262,13 @@ impl Collector for NodeCollector {
             e,
             "flightlog_pending_bytes",
             "WAL bytes acknowledged and not yet durable in the lake",
-            pending.pending_bytes() as f64,
+            pending.pending_bytes(),
         )?;
         gauge(
             e,
             "flightlog_pending_frames",
             "WAL frames acknowledged and not yet durable in the lake",
-            pending.pending_frames() as f64,
+            pending.pending_frames() as u64,
         )?;
         gauge(
             e,
@@ -295,13 +295,13 @@ impl Collector for NodeCollector {
                 KindLabel {
                     kind: "transient".into(),
                 },
-                load(&flush.failures_transient) as f64,
+                load(&flush.failures_transient),
             ),
             (
                 KindLabel {
                     kind: "permanent".into(),
                 },
-                load(&flush.failures_permanent) as f64,
+                load(&flush.failures_permanent),
             ),
         ];
         family(
@@ -323,7 +323,7 @@ impl Collector for NodeCollector {
             "Tables put in quarantine",
             load(&flush.quarantines),
         )?;
-        let quarantined: Vec<(TableLabel, f64)> = pending
+        let quarantined: Vec<(TableLabel, u64)> = pending
             .quarantined_tables()
             .into_iter()
             .map(|(table, q)| {
@@ -331,7 +331,7 @@ impl Collector for NodeCollector {
                     TableLabel {
                         table: table.to_string(),
                     },
-                    f64::from(q.failures),
+                    u64::from(q.failures),
                 )
             })
             .collect();
@@ -339,7 +339,7 @@ impl Collector for NodeCollector {
             e,
             "flightlog_tables_quarantined",
             "Tables in quarantine now",
-            quarantined.len() as f64,
+            quarantined.len() as u64,
         )?;
         family(
             e,
@@ -382,25 +382,25 @@ impl Collector for NodeCollector {
         )?;
 
         let numbers = pending.origin_numbers();
-        let memory: Vec<(OriginLabel, f64)> = numbers
+        let memory: Vec<(OriginLabel, u64)> = numbers
             .iter()
             .filter_map(|(origin, n)| {
                 Some((
                     OriginLabel {
                         origin: origin.to_string(),
                     },
-                    n.memory? as f64,
+                    n.memory?,
                 ))
             })
             .collect();
-        let durable: Vec<(OriginLabel, f64)> = numbers
+        let durable: Vec<(OriginLabel, u64)> = numbers
             .iter()
             .filter_map(|(origin, n)| {
                 Some((
                     OriginLabel {
                         origin: origin.to_string(),
                     },
-                    n.durable? as f64,
+                    n.durable?,
                 ))
             })
             .collect();
