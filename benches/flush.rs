@@ -8,12 +8,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::time::{Duration, Instant};
 
-use support::*;
+use common::model::*;
+use common::{NodeOptions, ServeProcess};
 
 const ROWS_PER_MESSAGE: i64 = 50_000;
 
@@ -65,8 +66,8 @@ async fn durable_at(client: &mut Client, sequence: u64) -> Instant {
 async fn throughput(rows: i64) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let node = NodeProcess::start(&dir, NodeOptions::default().arg("--max-lag-ms", 10));
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default().arg("--max-lag-ms", 10));
+    let mut client = node.sync_client().await;
 
     let started = Instant::now();
     let acked = send_in_messages(&mut client, "bench", 1, (0..rows).map(insert).collect()).await;
@@ -146,8 +147,9 @@ fn strip_ansi(line: &str) -> String {
 async fn lag(max_lag_ms: u64, transactions: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let node = NodeProcess::start(&dir, NodeOptions::default().arg("--max-lag-ms", max_lag_ms));
-    let mut client = node.client().await;
+    let node =
+        ServeProcess::start_with(&dir, NodeOptions::default().arg("--max-lag-ms", max_lag_ms));
+    let mut client = node.sync_client().await;
     let mut lags = Vec::new();
     for t in 0..transactions {
         let message = Message::new(
@@ -175,14 +177,14 @@ async fn memory(transactions: i64, rows: i64) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let low_watermark: u64 = 8 << 20;
-    let node = NodeProcess::start(
+    let node = ServeProcess::start_with(
         &dir,
         NodeOptions::default()
             .arg("--max-lag-ms", 5_000)
             .arg("--pending-bytes-low-watermark", low_watermark)
             .arg("--segment-bytes", 16 << 20),
     );
-    let mut client = node.client().await;
+    let mut client = node.sync_client().await;
     let idle = node.rss_kib();
     let mut peak = idle;
     let mut sent = 0u64;

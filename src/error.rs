@@ -167,9 +167,28 @@ fn wal_kind(error: &WalError) -> ErrorKind {
     }
 }
 
+/// Longest error message sent to a client, in bytes. Messages quote what
+/// the client sent; a megabyte column name must not become a megabyte
+/// `grpc-message` trailer, which clients refuse as a protocol error.
+pub const MESSAGE_BYTES_MAX: usize = 4096;
+
+/// `message` cut at a character boundary to [`MESSAGE_BYTES_MAX`].
+fn bounded_message(mut message: String) -> String {
+    if message.len() > MESSAGE_BYTES_MAX {
+        let mut end = MESSAGE_BYTES_MAX - 32;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let total = message.len();
+        message.truncate(end);
+        message.push_str(&format!("... ({total} bytes in all)"));
+    }
+    message
+}
+
 impl From<NodeError> for tonic::Status {
     fn from(error: NodeError) -> tonic::Status {
-        let message = error.to_string();
+        let message = bounded_message(error.to_string());
         match error.kind() {
             ErrorKind::InvalidInput => tonic::Status::invalid_argument(message),
             ErrorKind::Unimplemented => tonic::Status::unimplemented(message),

@@ -39,11 +39,64 @@ const ENDPOINT_KEYS: [&str; 4] = [
 /// A location or path a client sent that names no usable table. `field` is
 /// the command field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {value:?} {problem}")]
+#[error("{field}: {} {problem}", shown(value))]
 pub struct IdentityError {
     pub field: &'static str,
     pub value: String,
     pub problem: String,
+}
+
+/// `value` quoted for an error message, cut to its first 200 characters
+/// when longer (a client's megabyte path must not become a megabyte answer).
+fn shown(value: &str) -> String {
+    const SHOWN: usize = 200;
+    match value.char_indices().nth(SHOWN) {
+        None => format!("{value:?}"),
+        Some((end, _)) => format!("{:?}... ({} bytes)", &value[..end], value.len()),
+    }
+}
+
+/// Longest store location, in bytes.
+pub const STORE_LOCATION_BYTES_MAX: usize = 2048;
+/// Most store options, and the longest key and value of one, in bytes.
+pub const STORE_OPTIONS_MAX: usize = 64;
+pub const STORE_OPTION_BYTES_MAX: usize = 4096;
+
+/// The size rules of a store's location and options: both reach every WAL
+/// frame, and the endpoint option the table's identity in every checkpoint.
+fn check_store_size(
+    location: &str,
+    options: &HashMap<String, String>,
+) -> Result<(), IdentityError> {
+    if location.len() > STORE_LOCATION_BYTES_MAX {
+        return Err(store_error(
+            location,
+            format!(
+                "is {} bytes long; at most {STORE_LOCATION_BYTES_MAX}",
+                location.len()
+            ),
+        ));
+    }
+    let option_error = |value: &str, problem: String| IdentityError {
+        field: "store.options",
+        value: value.to_owned(),
+        problem,
+    };
+    if options.len() > STORE_OPTIONS_MAX {
+        return Err(option_error(
+            "",
+            format!("has {} entries; at most {STORE_OPTIONS_MAX}", options.len()),
+        ));
+    }
+    for (key, value) in options {
+        if key.len() > STORE_OPTION_BYTES_MAX || value.len() > STORE_OPTION_BYTES_MAX {
+            return Err(option_error(
+                key,
+                format!("has a key or value longer than {STORE_OPTION_BYTES_MAX} bytes"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn path_error(path: &str, problem: impl Into<String>) -> IdentityError {
@@ -108,6 +161,7 @@ impl StoreRoot {
         options: &HashMap<String, String>,
     ) -> Result<StoreRoot, IdentityError> {
         let bad = |problem: &str| store_error(location, problem);
+        check_store_size(location, options)?;
         if location.chars().any(char::is_control) {
             return Err(bad("contains a control character"));
         }
@@ -125,22 +179,33 @@ impl StoreRoot {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        match url.scheme() {
-            "file" => Self::file(location, &url, segments, options),
-            "s3" | "s3a" => Self::s3(location, &url, segments, options),
-            "memory" => Self::memory(location, &url, segments, options),
-            other => Err(bad(&format!(
-                "has scheme {other:?}; supported: file, s3 (s3a), memory"
-            ))),
-        }
+        let (scheme, host, endpoint) = match url.scheme() {
+            "file" => (
+                StoreScheme::File,
+                Self::file(location, &url, &options)?,
+                None,
+            ),
+            "s3" | "s3a" => (
+                StoreScheme::S3,
+                Self::s3(location, &url)?,
+                endpoint_of(&options)?,
+            ),
+            "memory" => (StoreScheme::Memory, Self::memory(location, &url)?, None),
+            other => {
+                return Err(bad(&format!(
+                    "has scheme {other:?}; supported: file, s3 (s3a), memory"
+                )))
+            }
+        };
+        Ok(Self::build(scheme, host, segments, endpoint, options))
     }
 
+    /// The rules of a `file:` root (it has no host).
     fn file(
         location: &str,
         url: &Url,
-        segments: Vec<String>,
-        options: BTreeMap<String, String>,
-    ) -> Result<StoreRoot, IdentityError> {
+        options: &BTreeMap<String, String>,
+    ) -> Result<Option<String>, IdentityError> {
         // `file:relative/x` parses as `file:///relative/x`: refuse what was
         // not written as an absolute path.
         let after_scheme = &location[location.find(':').map_or(0, |i| i + 1)..];
@@ -169,21 +234,11 @@ impl StoreRoot {
                 problem: "are not used by a file store; send none".into(),
             });
         }
-        Ok(Self::build(
-            StoreScheme::File,
-            None,
-            segments,
-            None,
-            options,
-        ))
+        Ok(None)
     }
 
-    fn s3(
-        location: &str,
-        url: &Url,
-        segments: Vec<String>,
-        options: BTreeMap<String, String>,
-    ) -> Result<StoreRoot, IdentityError> {
+    /// The rules of an `s3:` root; its host is the bucket.
+    fn s3(location: &str, url: &Url) -> Result<Option<String>, IdentityError> {
         let bucket = url.host_str().unwrap_or_default();
         check_bucket_name(bucket).map_err(|problem| store_error(location, problem))?;
         if url.port().is_some() {
@@ -192,22 +247,11 @@ impl StoreRoot {
                 "has a port; an S3 endpoint goes in store.options (aws_endpoint_url)",
             ));
         }
-        let endpoint = endpoint_of(&options)?;
-        Ok(Self::build(
-            StoreScheme::S3,
-            Some(bucket.to_owned()),
-            segments,
-            endpoint,
-            options,
-        ))
+        Ok(Some(bucket.to_owned()))
     }
 
-    fn memory(
-        location: &str,
-        url: &Url,
-        segments: Vec<String>,
-        options: BTreeMap<String, String>,
-    ) -> Result<StoreRoot, IdentityError> {
+    /// The rules of a `memory:` root; its host is the store's name.
+    fn memory(location: &str, url: &Url) -> Result<Option<String>, IdentityError> {
         let name = url.host_str().unwrap_or_default().to_ascii_lowercase();
         if name.is_empty() {
             return Err(store_error(
@@ -215,13 +259,15 @@ impl StoreRoot {
                 "names no memory store: memory://name",
             ));
         }
-        Ok(Self::build(
-            StoreScheme::Memory,
-            Some(name),
-            segments,
-            None,
-            options,
-        ))
+        // `memory://faulty-*` is the fault-injecting store of the test
+        // seams; a build without them knows no such store.
+        if cfg!(not(feature = "test-seams")) && name.starts_with("faulty-") {
+            return Err(store_error(
+                location,
+                "names the test suite's fault-injecting store, which this build does not have",
+            ));
+        }
+        Ok(Some(name))
     }
 
     fn build(

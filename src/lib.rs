@@ -18,6 +18,7 @@ pub mod pending;
 pub mod put;
 pub mod record;
 mod recovery;
+pub mod stored_types;
 pub mod sync;
 pub mod wal;
 

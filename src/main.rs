@@ -85,25 +85,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// The configuration and a runtime for a command that runs a node, or the
+/// exit code after saying why not (2: bad configuration, 1: no runtime).
+fn prepare(
+    name: &str,
+    args: ServeArgs,
+    multi_thread: bool,
+) -> Result<(Config, tokio::runtime::Runtime), ExitCode> {
+    let config = Config::resolve(args).map_err(|error| {
+        eprintln!("{name}: {error}");
+        ExitCode::from(2)
+    })?;
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = builder.enable_all().build().map_err(|error| {
+        eprintln!("{name}: cannot start the runtime: {error}");
+        ExitCode::from(1)
+    })?;
+    Ok((config, runtime))
+}
+
 fn run_serve(args: ServeArgs) -> ExitCode {
-    let config = match Config::resolve(args) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("flightlog serve: {error}");
-            return ExitCode::from(2);
-        }
+    let (config, runtime) = match prepare("flightlog serve", args, true) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
     };
     flightlog::ops::logging::init(config.ops.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("flightlog serve: cannot start the runtime: {error}");
-            return ExitCode::from(1);
-        }
-    };
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -305,22 +315,9 @@ fn run_wal(command: WalCommand) -> ExitCode {
 }
 
 fn run_discard(args: ServeArgs, table: &str, yes: bool) -> ExitCode {
-    let config = match Config::resolve(args) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("flightlog wal discard-table: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("flightlog wal discard-table: cannot start the runtime: {error}");
-            return ExitCode::from(1);
-        }
+    let (config, runtime) = match prepare("flightlog wal discard-table", args, false) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
     };
     match runtime.block_on(discard(config, table, yes)) {
         Ok(true) => ExitCode::SUCCESS,
@@ -350,7 +347,7 @@ async fn discard(
     let transactions = pending.transactions_of(id);
     println!("table {id}: {} pending transactions:", transactions.len());
     for (origin, sequence) in &transactions {
-        println!("  origin {origin:?} sequence {sequence}");
+        println!("  origin {:?} sequence {sequence}", origin.as_str());
     }
     if !yes {
         println!("nothing changed; run again with --yes to discard them");

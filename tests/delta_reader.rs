@@ -1,6 +1,6 @@
 //! The tables flightlog writes, read by a Delta reader we did not write: the
 //! Python `deltalake` package (delta-rs's Python binding, through pyarrow),
-//! installed into a venv under the cargo target directory. After inserts,
+//! from the suite's one Python (`common::python`). After inserts,
 //! updates, partial updates, key changes, deletes, a schema evolution and
 //! decimal(38,6) extremes, the reader must see exactly the model's rows.
 //! Skipped, with the reason printed, when the venv cannot be made (no
@@ -8,79 +8,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
 
-use support::*;
-
-/// A venv with `deltalake` and `pyarrow`, or why there is none.
-fn python_with_deltalake() -> Result<PathBuf, String> {
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("delta-reader-venv");
-    let python = venv.join("bin/python");
-    let ready = |python: &Path| {
-        Command::new(python)
-            .args(["-c", "import deltalake, pyarrow"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ready(&python) {
-        return Ok(python);
-    }
-    run_bounded(
-        Command::new("python3").arg("-m").arg("venv").arg(&venv),
-        Duration::from_secs(120),
-    )
-    .map_err(|e| format!("python3 -m venv failed: {e}"))?;
-    run_bounded(
-        Command::new(venv.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "deltalake",
-            "pyarrow",
-        ]),
-        Duration::from_secs(400),
-    )
-    .map_err(|e| format!("pip install deltalake pyarrow failed: {e}"))?;
-    if ready(&python) {
-        Ok(python)
-    } else {
-        Err("deltalake installed but does not import".into())
-    }
-}
-
-fn run_bounded(command: &mut Command, limit: Duration) -> Result<(), String> {
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            if status.success() {
-                return Ok(());
-            }
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-            }
-            return Err(format!("{status}: {}", stderr.trim()));
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!("no answer within {limit:?}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::model::*;
+use common::{NodeOptions, ServeProcess};
 
 /// Reads the table with `deltalake` and prints one JSON object per row;
 /// decimals as their unscaled integer (as text, they exceed a double).
@@ -154,17 +89,18 @@ fn read_with_deltalake(python: &Path, table_dir: &Path) -> (Vec<String>, BTreeMa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deltalake_python_reader_sees_the_model() {
-    let python = match python_with_deltalake() {
-        Ok(python) => python,
-        Err(reason) => {
-            println!("skipped: {reason}");
-            return;
-        }
-    };
+    let python =
+        match common::python::python_with(&[common::python::PYARROW, common::python::DELTALAKE]) {
+            Ok(python) => python,
+            Err(reason) => {
+                println!("skipped: {reason}");
+                return;
+            }
+        };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let node = NodeProcess::start(&dir, NodeOptions::default());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default());
+    let mut client = node.sync_client().await;
     let mut model = Model::default();
     let mut rng = Rng::new(11);
     let transactions = generate_transactions(&mut model, &mut rng, &["reader/t"], 1, 8, 50);

@@ -9,12 +9,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+mod common;
 
 use std::collections::HashMap;
 use std::time::Instant;
 
-use support::*;
+use common::model::*;
+use common::s3::*;
+use common::{binary, segment_files, NodeOptions, ServeProcess, DEADLINE};
 
 fn data_dir(tmp: &tempfile::TempDir) -> std::path::PathBuf {
     tmp.path().join("data")
@@ -24,8 +26,8 @@ fn data_dir(tmp: &tempfile::TempDir) -> std::path::PathBuf {
 async fn every_kind_of_change_across_messages_and_tables_matches_the_model() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
-    let node = NodeProcess::start(&dir, NodeOptions::default());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default());
+    let mut client = node.sync_client().await;
     let mut model = Model::default();
     let values = usual_values;
     let ins = |id: i64, name: &str, amount: i64| Change::Insert {
@@ -218,8 +220,8 @@ async fn every_kind_of_change_across_messages_and_tables_matches_the_model() {
 async fn composite_keys_change_in_any_of_their_columns() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
-    let node = NodeProcess::start(&dir, NodeOptions::default());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default());
+    let mut client = node.sync_client().await;
     let mut model = Model::default();
     let keys = ["a", "b"];
     let ins = |a: i64, b: i64| Change::Insert {
@@ -276,8 +278,8 @@ async fn composite_keys_change_in_any_of_their_columns() {
 async fn insert_then_delete_in_one_flush_is_a_no_op() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
-    let node = NodeProcess::start(&dir, NodeOptions::default());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default());
+    let mut client = node.sync_client().await;
     let mut model = Model::default();
     let ins = |id: i64| Change::Insert {
         key: vec![id],
@@ -319,8 +321,8 @@ async fn insert_then_delete_in_one_flush_is_a_no_op() {
 async fn commit_info_records_the_wal_and_each_origins_sequence() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
-    let node = NodeProcess::start(&dir, NodeOptions::default());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default());
+    let mut client = node.sync_client().await;
     let insert = |id: i64| Change::Insert {
         key: vec![id],
         set: set(&[("name", text("x")), ("amount", int(id))]),
@@ -401,8 +403,8 @@ async fn check_durable_rule(
 async fn durable_sequence_never_runs_ahead_of_the_committed_tables() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
-    let node = NodeProcess::start(&dir, NodeOptions::default());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default());
+    let mut client = node.sync_client().await;
     let mut sent: Vec<Sent> = Vec::new();
     let mut next_key = 0;
     let mut message = |table: &'static str, rows: i64, keys: &mut Vec<(&'static str, i64)>| {
@@ -471,8 +473,8 @@ async fn durable_sequence_never_runs_ahead_of_the_committed_tables() {
 async fn a_hundred_thousand_inserts_in_one_message_are_all_flushed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
-    let node = NodeProcess::start(&dir, NodeOptions::default());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default());
+    let mut client = node.sync_client().await;
     let rows = 100_000i64;
     // Keys in a scrambled order, so the flush must sort them.
     let changes = (0..rows)
@@ -509,8 +511,8 @@ async fn a_hundred_thousand_inserts_in_one_message_are_all_flushed() {
 async fn ranges_of_keys_move_to_new_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
-    let node = NodeProcess::start(&dir, NodeOptions::default());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default());
+    let mut client = node.sync_client().await;
     let mut model = Model::default();
     let send = |message: Message| message;
     let inserts = send(Message::new(
@@ -586,8 +588,8 @@ async fn ranges_of_keys_move_to_new_keys() {
 async fn decimal_38_6_extremes_round_trip_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
-    let node = NodeProcess::start(&dir, NodeOptions::default());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default());
+    let mut client = node.sync_client().await;
     let mut model = Model::default();
     let max = 10i128.pow(38) - 1;
     let values = [
@@ -645,8 +647,8 @@ async fn a_client_store_location_puts_the_table_under_it() {
     let elsewhere = tmp.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
     let root = format!("file://{}", elsewhere.display());
-    let node = NodeProcess::start(&dir, NodeOptions::default());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default());
+    let mut client = node.sync_client().await;
     let mut model = Model::default();
     let message = Message::new(
         "ns/t",
@@ -673,8 +675,9 @@ async fn a_store_outside_the_allow_list_is_permission_denied() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
     let allowed = format!("file://{}/allowed", tmp.path().display());
-    let node = NodeProcess::start(&dir, NodeOptions::default().arg("--allow-store", &allowed));
-    let mut client = node.client().await;
+    let node =
+        ServeProcess::start_with(&dir, NodeOptions::default().arg("--allow-store", &allowed));
+    let mut client = node.sync_client().await;
     let message = |root: &str| {
         Message::new(
             "t",
@@ -718,8 +721,8 @@ async fn a_store_outside_the_allow_list_is_permission_denied() {
 async fn an_unusable_store_location_is_refused_at_put_time() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
-    let node = NodeProcess::start(&dir, NodeOptions::default());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default());
+    let mut client = node.sync_client().await;
     let message = |path: &str| {
         Message::new(
             path,
@@ -762,8 +765,8 @@ async fn an_unusable_store_location_is_refused_at_put_time() {
 async fn flushed_wal_segments_are_truncated() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
-    let node = NodeProcess::start(&dir, NodeOptions::default().arg("--segment-bytes", 65536));
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default().arg("--segment-bytes", 65536));
+    let mut client = node.sync_client().await;
     let mut model = Model::default();
     // One open transaction of many messages: nothing is flushable until it
     // closes, so the segments pile up first.
@@ -811,7 +814,7 @@ async fn flushed_wal_segments_are_truncated() {
     model
         .assert_table("t", &lake_table(&dir, "t"), &["id"])
         .await;
-    assert!(node.stop().success());
+    assert!(node.terminate().success());
     let verify = std::process::Command::new(binary())
         .args(["wal", "verify"])
         .arg(dir.join("wal"))
@@ -824,8 +827,8 @@ async fn flushed_wal_segments_are_truncated() {
         String::from_utf8_lossy(&verify.stderr)
     );
     // The truncated WAL still starts, with nothing left to flush.
-    let node = NodeProcess::start(&dir, NodeOptions::default().arg("--segment-bytes", 65536));
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default().arg("--segment-bytes", 65536));
+    let mut client = node.sync_client().await;
     let response = client.probe("pg").await;
     assert!(response.first);
     assert_eq!(response.memory_sequence_number, Some(1));
@@ -855,17 +858,18 @@ async fn a_clean_restart_applies_nothing_twice() {
     };
 
     // Flushed before the stop.
-    let node = NodeProcess::start(&dir, NodeOptions::default());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default());
+    let mut client = node.sync_client().await;
     for transaction in &transactions[..3] {
         client.send_transaction("pg", transaction).await.unwrap();
     }
     node.wait_durable(&mut client, "pg", 3).await;
-    assert!(node.stop().success());
+    assert!(node.terminate().success());
 
     // Still pending at the stop: a node that never flushes on its own.
-    let node = NodeProcess::start(&dir, NodeOptions::default().arg("--max-lag-ms", 3_600_000));
-    let mut client = node.client().await;
+    let node =
+        ServeProcess::start_with(&dir, NodeOptions::default().arg("--max-lag-ms", 3_600_000));
+    let mut client = node.sync_client().await;
     let response = client.probe("pg").await;
     assert!(response.first);
     assert_eq!(response.durable_sequence_number, Some(3));
@@ -877,11 +881,11 @@ async fn a_clean_restart_applies_nothing_twice() {
         Some(3),
         "nothing flushes with a lag of an hour"
     );
-    assert!(node.stop().success());
+    assert!(node.terminate().success());
 
     for _ in 0..2 {
-        let node = NodeProcess::start(&dir, NodeOptions::default());
-        let mut client = node.client().await;
+        let node = ServeProcess::start_with(&dir, NodeOptions::default());
+        let mut client = node.sync_client().await;
         let response = client.probe("pg").await;
         assert!(response.first);
         assert_eq!(response.memory_sequence_number, Some(6));
@@ -893,12 +897,12 @@ async fn a_clean_restart_applies_nothing_twice() {
             .await
             .unwrap();
         assert_eq!(again.memory_sequence_number, Some(6));
-        assert!(node.stop().success());
+        assert!(node.terminate().success());
     }
 
     // A replayed insert of an existing key replaces the row.
-    let node = NodeProcess::start(&dir, NodeOptions::default());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, NodeOptions::default());
+    let mut client = node.sync_client().await;
     let (key, row) = model.tables["r1"].iter().next().unwrap();
     let replay = Message::new(
         "r1",
@@ -915,77 +919,6 @@ async fn a_clean_restart_applies_nothing_twice() {
     check(model.clone()).await;
 }
 
-/// A moto S3 server on a free port, killed on drop.
-struct Moto {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_moto() -> Option<Moto> {
-    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join("moto_server").is_file())
-    });
-    if !on_path {
-        println!("skipped: moto_server is not on PATH");
-        return None;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = std::process::Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let moto = Moto {
-        child,
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    let started = Instant::now();
-    while started.elapsed() < std::time::Duration::from_secs(30) {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(moto);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    println!("skipped: moto_server did not start listening");
-    None
-}
-
-/// A path-style, unsigned `PUT /bucket` (moto accepts it).
-fn create_bucket(endpoint: &str, bucket: &str) {
-    use std::io::{Read, Write};
-    let address = endpoint.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    let request = format!(
-        "PUT /{bucket} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-}
-
-fn s3_options(endpoint: &str) -> HashMap<String, String> {
-    HashMap::from([
-        ("aws_endpoint_url".to_owned(), endpoint.to_owned()),
-        ("aws_region".to_owned(), "us-east-1".to_owned()),
-        ("aws_access_key_id".to_owned(), "test".to_owned()),
-        ("aws_secret_access_key".to_owned(), "test".to_owned()),
-        ("aws_allow_http".to_owned(), "true".to_owned()),
-    ])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_s3_default_store_and_an_s3_client_store_are_flushed() {
     let Some(moto) = start_moto() else {
@@ -999,8 +932,8 @@ async fn an_s3_default_store_and_an_s3_client_store_are_flushed() {
     for (key, value) in s3_options(&moto.endpoint) {
         options = options.env(&key.to_uppercase(), value);
     }
-    let node = NodeProcess::start(&dir, options);
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, options);
+    let mut client = node.sync_client().await;
     let mut model = Model::default();
     let mut rng = Rng::new(3);
     let transactions = generate_transactions(&mut model, &mut rng, &["s3t"], 1, 3, 30);
@@ -1041,14 +974,14 @@ async fn memory_stays_bounded_while_pending_bytes_exceed_the_low_watermark() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = data_dir(&tmp);
     let low_watermark: u64 = 4 << 20;
-    let node = NodeProcess::start(
+    let node = ServeProcess::start_with(
         &dir,
         NodeOptions::default()
             .arg("--max-lag-ms", 5_000)
             .arg("--pending-bytes-low-watermark", low_watermark)
             .arg("--segment-bytes", 8 << 20),
     );
-    let mut client = node.client().await;
+    let mut client = node.sync_client().await;
     let idle = node.rss_kib();
     let mut peak = idle;
     let transactions = 24u64;

@@ -9,13 +9,14 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use support::*;
+use common::model::*;
+use common::{NodeOptions, ServeProcess};
 
 const TABLES: [&str; 2] = ["crash/a", "crash/b"];
 const SEGMENT_BYTES: u64 = 65536;
@@ -37,8 +38,8 @@ async fn assert_tables(model: &Model, dir: &std::path::Path) {
 /// once more after a clean restart.
 async fn recover_and_compare(dir: &std::path::Path, model: &Model, transactions: &[Transaction]) {
     let last = transactions.last().unwrap().sequence;
-    let node = NodeProcess::start(dir, options());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(dir, options());
+    let mut client = node.sync_client().await;
     let response = client.probe("pg").await;
     assert!(response.first);
     let memory = response.memory_sequence_number.unwrap_or(0);
@@ -47,10 +48,10 @@ async fn recover_and_compare(dir: &std::path::Path, model: &Model, transactions:
     }
     node.wait_durable(&mut client, "pg", last).await;
     assert_tables(model, dir).await;
-    assert!(node.stop().success());
+    assert!(node.terminate().success());
 
-    let node = NodeProcess::start(dir, options());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(dir, options());
+    let mut client = node.sync_client().await;
     let response = client.probe("pg").await;
     assert_eq!(response.memory_sequence_number, Some(last));
     assert_eq!(response.durable_sequence_number, Some(last));
@@ -65,19 +66,19 @@ async fn crash_at(point: &str) {
     let mut transactions = generate_transactions(&mut model, &mut rng, &TABLES, 1, 5, 40);
 
     // Tables with rows in them, flushed without a crash point.
-    let node = NodeProcess::start(&dir, options());
-    let mut client = node.client().await;
+    let node = ServeProcess::start_with(&dir, options());
+    let mut client = node.sync_client().await;
     for transaction in &transactions {
         client.send_transaction("pg", transaction).await.unwrap();
     }
     node.wait_durable(&mut client, "pg", 5).await;
-    assert!(node.stop().success());
+    assert!(node.terminate().success());
 
     // Inserts, updates, key changes and deletes until the flush crashes.
     let more = generate_transactions(&mut model, &mut rng, &TABLES, 6, 60, 40);
     transactions.extend(more.iter().cloned());
-    let mut node = NodeProcess::start(&dir, options().env("FLIGHTLOG_FAILPOINT", point));
-    let mut client = node.client().await;
+    let mut node = ServeProcess::start_with(&dir, options().env("FLIGHTLOG_FAILPOINT", point));
+    let mut client = node.sync_client().await;
     let mut acknowledged = 5;
     for transaction in &more {
         match client.send_transaction("pg", transaction).await {
@@ -127,12 +128,12 @@ async fn a_sigkill_while_puts_stream_and_flushes_run_loses_and_repeats_nothing()
     let transactions = Arc::new(generate_transactions(
         &mut model, &mut rng, &TABLES, 1, 150, 40,
     ));
-    let node = NodeProcess::start(&dir, options());
+    let node = ServeProcess::start_with(&dir, options());
     let acknowledged = Arc::new(AtomicU64::new(0));
     let writer = {
         let transactions = transactions.clone();
         let acknowledged = acknowledged.clone();
-        let mut client = node.client().await;
+        let mut client = node.sync_client().await;
         tokio::spawn(async move {
             for transaction in transactions.iter() {
                 match client.send_transaction("pg", transaction).await {
@@ -144,7 +145,7 @@ async fn a_sigkill_while_puts_stream_and_flushes_run_loses_and_repeats_nothing()
     };
     // Kill once flushes have made some of the stream durable and more is
     // still arriving.
-    let mut probe = node.client().await;
+    let mut probe = node.sync_client().await;
     let started = Instant::now();
     loop {
         let durable = probe.probe("pg").await.durable_sequence_number.unwrap_or(0);

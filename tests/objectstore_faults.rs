@@ -14,11 +14,13 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
+mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::model::*;
 
 use flightlog::config::Config;
 use flightlog::flush::{self, Flusher};
@@ -26,7 +28,6 @@ use flightlog::identity::TableId as TableLocation;
 use flightlog::lake::faults::{fault_plan, FaultPlan, Operation, Times};
 use flightlog::lake::load_state;
 use flightlog::node::Node;
-use support::*;
 
 const ORIGIN: &str = "pg";
 const TABLE: &str = "shop/orders";

@@ -5,81 +5,19 @@
 //! `type_url`, pyarrow's schema-first stream (a probe is a schema with no
 //! batches), and the plain `DataSyncResponse` in `PutResult.app_metadata`.
 //!
-//! The interpreter: `FLIGHTLOG_PYTHON` if set (it must be able to `import
-//! pyarrow`), otherwise a venv created once under the cargo target dir
-//! (`<target>/tmp/flightlog-python-venv`, reused when it already has
-//! pyarrow) with `python3 -m venv` and `pip install pyarrow`. When neither
-//! works (no python3, no network), the test prints why and passes as skipped.
+//! The interpreter is the suite's one Python (`common::python`:
+//! `FLIGHTLOG_PYTHON`, or the shared venv under the target directory). When
+//! none can be had (no python3, no network), the test prints why and passes
+//! as skipped.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 
 use common::*;
-
-fn imports_pyarrow(python: &Path) -> bool {
-    Command::new(python)
-        .args(["-c", "import pyarrow.flight"])
-        .output()
-        .is_ok_and(|output| output.status.success())
-}
-
-fn run(command: &mut Command) -> Result<(), String> {
-    let output = command
-        .output()
-        .map_err(|error| format!("{command:?}: {error}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{command:?} exited with {}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-                .lines()
-                .last()
-                .unwrap_or_default()
-        ))
-    }
-}
-
-/// An interpreter that can import pyarrow, or why there is none.
-fn python_with_pyarrow() -> Result<PathBuf, String> {
-    if let Some(python) = std::env::var_os("FLIGHTLOG_PYTHON") {
-        let python = PathBuf::from(python);
-        return if imports_pyarrow(&python) {
-            Ok(python)
-        } else {
-            Err(format!(
-                "FLIGHTLOG_PYTHON={} cannot import pyarrow.flight",
-                python.display()
-            ))
-        };
-    }
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("flightlog-python-venv");
-    let python = venv.join("bin").join("python");
-    if imports_pyarrow(&python) {
-        return Ok(python);
-    }
-    if !python.exists() {
-        run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    }
-    run(Command::new(&python).args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "pyarrow",
-    ]))?;
-    if imports_pyarrow(&python) {
-        Ok(python)
-    } else {
-        Err("pyarrow installed but pyarrow.flight does not import".into())
-    }
-}
 
 /// The JSON after `<label> ` on the example's output line starting with it.
 fn response_line(stdout: &str, label: &str) -> Value {
@@ -92,7 +30,7 @@ fn response_line(stdout: &str, label: &str) -> Value {
 
 #[tokio::test]
 async fn python_example_inserts_then_probes() {
-    let python = match python_with_pyarrow() {
+    let python = match common::python::python_with(&[common::python::PYARROW]) {
         Ok(python) => python,
         Err(reason) => {
             println!("skipped: no Python with pyarrow: {reason}");

@@ -7,6 +7,14 @@
 //! source: after each restart it reconnects and resends every transaction
 //! after the last one it saw acknowledged (so some resends are replays).
 //!
+//! The client also misbehaves the ways real clients do: it names the one
+//! store in several spellings (no store, `file:///…`, `file://localhost/…`,
+//! `file:/…/`, `FILE://…/./`), which must all be one table; it cancels some
+//! puts mid-stream (half of the message's batches sent, then the call is
+//! dropped), which must keep nothing, after which it sends the message
+//! again in full; and one extra origin opens a transaction and walks away,
+//! which must hold back no one's durability and leave no row behind.
+//!
 //! Guards: every acknowledged transaction is in the Delta tables exactly once
 //! (row by row against a model), sequence numbers never go backwards, and
 //! `wal verify` accepts the WAL after every kill.
@@ -15,10 +23,10 @@
 //! `FLIGHTLOG_TORTURE_SEED=<seed> cargo test --test torture`;
 //! `FLIGHTLOG_TORTURE_ITERATIONS=<n>` runs n seeds (default 2).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,10 +34,12 @@ use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::{FlightClient, FlightDescriptor};
-use futures::TryStreamExt;
+use common::ServeProcess;
+use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 
 use flightlog::flight::Any;
+use flightlog::proto::schema::StorageLocation;
 use flightlog::proto::sync::{ColumnDescriptor, ColumnRole, DataSyncCommand, DataSyncResponse};
 
 const ORIGINS: usize = 3;
@@ -262,64 +272,51 @@ fn batch(changes: &[Change]) -> RecordBatch {
     .expect("batch")
 }
 
-struct Node {
-    child: Child,
-    address: String,
-}
-
-impl Drop for Node {
-    /// A failing run must not leave a server behind.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The origin that opens a transaction and never closes it.
+const ABANDONER: &str = "abandoner";
+/// Keys of the abandoned transaction: in no origin's range, never in a table.
+const ABANDONED_KEYS: std::ops::Range<i64> = 900_000_000..900_000_005;
 
 /// Starts the node; with `failpoint`, it aborts itself when a flush reaches
 /// that point (`FLIGHTLOG_FAILPOINT`).
-fn start(dir: &Path, failpoint: Option<&str>) -> Node {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_flightlog"));
+fn start(dir: &Path, failpoint: Option<&str>) -> ServeProcess {
+    let args = [
+        "--max-lag-ms",
+        "30",
+        "--segment-bytes",
+        "32768",
+        "--open-transaction-timeout-ms",
+        "400",
+    ];
+    let mut env = vec![("RUST_LOG", "warn")];
     if let Some(point) = failpoint {
-        command.env("FLIGHTLOG_FAILPOINT", point);
+        env.push(("FLIGHTLOG_FAILPOINT", point));
     }
-    let mut child = command
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--max-lag-ms",
-            "30",
-            "--segment-bytes",
-            "32768",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn flightlog");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("start line");
-    let address = line
-        .split_whitespace()
-        .skip_while(|w| *w != "on")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no address in start line {line:?}"))
-        .to_string();
-    Node { child, address }
+    ServeProcess::start_with_env(dir, &args, &env)
 }
 
-async fn connect(address: &str) -> FlightClient {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connect");
-    FlightClient::new(channel)
+/// The spellings of the node's default store (`<data>/lake`) a client may
+/// use; `None` is "no store". All must be one table.
+fn store_spellings(data: &Path) -> Vec<Option<String>> {
+    let lake = std::path::absolute(data.join("lake")).expect("absolute lake");
+    let lake = lake.to_str().expect("a UTF-8 temp path");
+    vec![
+        None,
+        Some(format!("file://{lake}")),
+        Some(format!("file://localhost{lake}")),
+        Some(format!("file:{lake}/")),
+        Some(format!("FILE://{lake}/./")),
+    ]
+}
+
+/// How one put is sent.
+#[derive(Clone, Copy)]
+enum Send {
+    /// The whole message, then end of stream.
+    Whole,
+    /// The first half of the message's rows (as their own batch), then the
+    /// call is dropped before the stream ends.
+    Cancelled,
 }
 
 async fn put(
@@ -327,9 +324,15 @@ async fn put(
     origin: &str,
     spec: Option<&MessageSpec>,
     sequence: Option<u64>,
+    store: Option<&str>,
+    send: Send,
 ) -> Result<DataSyncResponse, String> {
     let command = DataSyncCommand {
         path: TABLES[spec.map_or(0, |s| s.table)].into(),
+        store: store.map(|location| StorageLocation {
+            location: location.to_owned(),
+            ..Default::default()
+        }),
         column_descriptors: descriptors(),
         origin: origin.into(),
         sequence_number: sequence,
@@ -339,18 +342,44 @@ async fn put(
         type_url: "DataSyncCommand".into(),
         value: command.encode_to_vec(),
     };
-    let batches: Vec<RecordBatch> = spec.map(|s| vec![batch(&s.changes)]).unwrap_or_default();
-    let stream = FlightDataEncoderBuilder::new()
-        .with_schema(schema())
-        .with_flight_descriptor(Some(FlightDescriptor::new_cmd(any.encode_to_vec())))
-        .build(futures::stream::iter(batches.into_iter().map(Ok)));
-    let results: Vec<_> = client
-        .do_put(stream)
-        .await
-        .map_err(|e| e.to_string())?
-        .try_collect()
-        .await
-        .map_err(|e| e.to_string())?;
+    let descriptor = Some(FlightDescriptor::new_cmd(any.encode_to_vec()));
+    let changes = spec.map_or(&[][..], |s| &s.changes[..]);
+    let results = match send {
+        Send::Whole => {
+            let batches: Vec<RecordBatch> =
+                spec.map(|s| vec![batch(&s.changes)]).unwrap_or_default();
+            let stream = FlightDataEncoderBuilder::new()
+                .with_schema(schema())
+                .with_flight_descriptor(descriptor)
+                .build(futures::stream::iter(batches.into_iter().map(Ok)));
+            client.do_put(stream).await.map_err(|e| e.to_string())?
+        }
+        Send::Cancelled => {
+            // Half the rows, then a stream that never ends; the call is
+            // dropped once the node has had time to write what it got.
+            let half = vec![Ok(batch(&changes[..changes.len().div_ceil(2)]))];
+            let stream = FlightDataEncoderBuilder::new()
+                .with_schema(schema())
+                .with_flight_descriptor(descriptor)
+                .build(futures::stream::iter(half).chain(futures::stream::pending()));
+            let call = async {
+                let results: Result<Vec<_>, _> = client.do_put(stream).await?.try_collect().await;
+                results
+            };
+            // The node may answer before the stream ends only when it keeps
+            // nothing of it (a replay of an acknowledged sequence).
+            return match tokio::time::timeout(Duration::from_millis(30), call).await {
+                Err(_) => Err("cancelled by the client".into()),
+                Ok(Ok(results)) => {
+                    let result = results.first().ok_or("no PutResult")?;
+                    DataSyncResponse::decode(result.app_metadata.as_ref())
+                        .map_err(|e| e.to_string())
+                }
+                Ok(Err(error)) => Err(format!("cancelled put: {error}")),
+            };
+        }
+    };
+    let results: Vec<_> = results.try_collect().await.map_err(|e| e.to_string())?;
     let result = results.first().ok_or("no PutResult")?;
     DataSyncResponse::decode(result.app_metadata.as_ref()).map_err(|e| e.to_string())
 }
@@ -381,15 +410,10 @@ fn observe(seen: &mut Seen, response: &DataSyncResponse, seed: u64) {
 }
 
 fn verify_wal(data: &Path, seed: u64) {
-    let verify = Command::new(env!("CARGO_BIN_EXE_flightlog"))
-        .args(["wal", "verify"])
-        .arg(data.join("wal"))
-        .output()
-        .expect("wal verify");
+    let (status, report) = common::wal_verify(data);
     assert!(
-        verify.status.success(),
-        "seed {seed}: wal verify after a kill: {}",
-        String::from_utf8_lossy(&verify.stdout)
+        status.success(),
+        "seed {seed}: wal verify after a kill: {report}"
     );
 }
 
@@ -404,7 +428,15 @@ async fn resync(
     seed: u64,
 ) -> Result<(), String> {
     for origin in 0..ORIGINS {
-        let probe = put(client, &format!("origin-{origin}"), None, None).await?;
+        let probe = put(
+            client,
+            &format!("origin-{origin}"),
+            None,
+            None,
+            None,
+            Send::Whole,
+        )
+        .await?;
         assert!(
             probe.first,
             "seed {seed}: first answer after restart must say first"
@@ -428,6 +460,12 @@ struct Outcome {
     /// Deaths at a flush crash point (counted in `kills` too).
     crash_points: u64,
     kills: u64,
+    /// Puts cancelled mid-stream (each then sent again in full).
+    cancelled: u64,
+    /// Puts that named the store in one of its spellings.
+    spelled: u64,
+    /// Transactions opened and walked away from.
+    abandoned: u64,
     transactions: u64,
     rows: u64,
 }
@@ -451,7 +489,9 @@ fn run_seed(seed: u64) -> Outcome {
     rt.block_on(async {
         let mut armed: Option<&'static str> = None;
         let mut node = start(&data, armed);
-        let mut client = connect(&node.address).await;
+        let mut client = node.client().await;
+        let spellings = store_spellings(&data);
+        let abandon_at = 3 + rng.below(40);
         let mut seen = [Seen::default(); ORIGINS];
         // Per origin: next transaction and next message to send.
         let mut cursor = [(0usize, 0usize); ORIGINS];
@@ -475,7 +515,7 @@ fn run_seed(seed: u64) -> Outcome {
             // Half of the kills land while this put is in flight (during the
             // append or its fsync), the others between puts.
             let killer = (kill_now && rng.below(2) == 0).then(|| {
-                let pid = node.child.id().to_string();
+                let pid = node.pid().to_string();
                 let delay = Duration::from_micros(rng.below(4000));
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
@@ -485,7 +525,68 @@ fn run_seed(seed: u64) -> Outcome {
                         .await;
                 })
             });
-            let result = put(&mut client, &name, Some(&transaction.messages[m]), sequence).await;
+            let message = &transaction.messages[m];
+            let store = spellings[rng.below(spellings.len() as u64) as usize].as_deref();
+            if !kill_now && armed.is_none() && puts == abandon_at {
+                let abandoned = MessageSpec {
+                    table: 0,
+                    changes: ABANDONED_KEYS
+                        .map(|key| Change {
+                            old: None,
+                            new: Some(key),
+                            v: Some(key),
+                            v_changed: true,
+                            s: None,
+                            s_changed: true,
+                        })
+                        .collect(),
+                };
+                let answer = put(
+                    &mut client,
+                    ABANDONER,
+                    Some(&abandoned),
+                    None,
+                    None,
+                    Send::Whole,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("seed {seed}: the abandoned transaction's put: {e}"));
+                assert!(answer.accepted, "seed {seed}: {answer:?}");
+                outcome.abandoned += 1;
+            }
+            if !kill_now && armed.is_none() && message.changes.len() > 1 && rng.below(5) == 0 {
+                let cancelled = put(
+                    &mut client,
+                    &name,
+                    Some(message),
+                    sequence,
+                    store,
+                    Send::Cancelled,
+                )
+                .await;
+                match cancelled {
+                    Err(_) => outcome.cancelled += 1,
+                    // Answered before its stream ended: only a replay may be,
+                    // (the node committed it before a kill the client did not
+                    // see acknowledged), and it keeps nothing.
+                    Ok(answer) => assert!(
+                        sequence.is_some() && answer.memory_sequence_number >= sequence,
+                        "seed {seed}: a put whose stream never ended was answered: {answer:?}"
+                    ),
+                }
+            }
+            if store.is_some() {
+                outcome.spelled += 1;
+            }
+            let result = put(
+                &mut client,
+                &name,
+                Some(message),
+                sequence,
+                store,
+                Send::Whole,
+            )
+            .await;
             if let Some(killer) = killer {
                 let _ = killer.await;
             }
@@ -510,7 +611,7 @@ fn run_seed(seed: u64) -> Outcome {
                 }
                 Err(error) => panic!("seed {seed}: put failed on a live node: {error}"),
             }
-            let crashed = armed.is_some() && matches!(node.child.try_wait(), Ok(Some(_)));
+            let crashed = armed.is_some() && node.has_exited();
             if kill_now || crashed {
                 if kill_now {
                     kill_index += 1;
@@ -526,7 +627,17 @@ fn run_seed(seed: u64) -> Outcome {
                     drop(node);
                     verify_wal(&data, seed);
                     node = start(&data, armed);
-                    client = connect(&node.address).await;
+                    client = match common::try_connect(node.addr).await {
+                        Ok(client) => client,
+                        Err(error) if armed.is_some() => {
+                            // Died at the crash point before it took a connection.
+                            eprintln!("torture: died at a crash point before connecting: {error}");
+                            outcome.kills += 1;
+                            outcome.crash_points += 1;
+                            continue;
+                        }
+                        Err(error) => panic!("seed {seed}: connect after restart failed: {error}"),
+                    };
                     match resync(&mut client, &transactions, &mut seen, &mut cursor, seed).await {
                         Ok(()) => break,
                         Err(error) if armed.is_some() => {
@@ -542,7 +653,7 @@ fn run_seed(seed: u64) -> Outcome {
         if armed.is_some() {
             drop(node);
             node = start(&data, None);
-            client = connect(&node.address).await;
+            client = node.client().await;
             resync(&mut client, &transactions, &mut seen, &mut cursor, seed)
                 .await
                 .expect("resync");
@@ -552,9 +663,16 @@ fn run_seed(seed: u64) -> Outcome {
         for origin in 0..ORIGINS {
             let last = transactions[origin].last().map_or(0, |t| t.sequence);
             loop {
-                let probe = put(&mut client, &format!("origin-{origin}"), None, None)
-                    .await
-                    .expect("probe");
+                let probe = put(
+                    &mut client,
+                    &format!("origin-{origin}"),
+                    None,
+                    None,
+                    None,
+                    Send::Whole,
+                )
+                .await
+                .expect("probe");
                 observe(&mut seen[origin], &probe, seed);
                 if probe.durable_sequence_number == Some(last) {
                     break;
@@ -591,12 +709,7 @@ fn run_seed(seed: u64) -> Outcome {
 }
 
 async fn read_table(data: &Path, path: &str) -> Table {
-    let root = url::Url::from_directory_path(data.join("lake")).expect("url");
-    let location = flightlog::identity::TableId::parse(root.as_str(), &Default::default(), path)
-        .expect("location");
-    let batches = flightlog::lake::read_table(&location)
-        .await
-        .expect("read table");
+    let batches = common::lake_batches(data, path).await;
     let mut table = Table::new();
     for batch in batches {
         let column = |name: &str| {
@@ -643,13 +756,19 @@ fn acknowledged_transactions_survive_sigkill_exactly_once() {
         total.kills += outcome.kills;
         total.crash_points += outcome.crash_points;
         total.transactions += outcome.transactions;
+        total.cancelled += outcome.cancelled;
+        total.spelled += outcome.spelled;
+        total.abandoned += outcome.abandoned;
         total.rows += outcome.rows;
     }
     eprintln!(
-        "torture: seeds {first_seed}..{} ({iterations} runs): {} kills survived ({} at flush crash points), {} transactions and {} final rows verified",
+        "torture: seeds {first_seed}..{} ({iterations} runs): {} kills survived ({} at flush crash points), {} puts cancelled mid-stream, {} puts naming the store in another spelling, {} transactions abandoned open, {} transactions and {} final rows verified",
         first_seed + iterations - 1,
         total.kills,
         total.crash_points,
+        total.cancelled,
+        total.spelled,
+        total.abandoned,
         total.transactions,
         total.rows
     );

@@ -11,7 +11,6 @@
 
 pub(crate) mod local;
 pub mod schema;
-pub mod types;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -25,6 +24,7 @@ use crate::error::{NodeError, StoreProblem};
 use crate::identity::{StoreRoot, StoreScheme, TableId, TablePath};
 use crate::pending::Pending;
 use crate::proto::sync::DataSyncCommand;
+use crate::stored_types;
 use crate::sync::layout::SyncLayout;
 
 pub use schema::{SchemaKnowledge, TypeClaim};
@@ -60,6 +60,20 @@ pub struct Admission {
 pub struct StoredLayout {
     pub layout: SyncLayout,
     pub schema: SchemaRef,
+}
+
+/// Why a table's store cannot take it: the request field to name, what was
+/// being done, and the problem.
+type Unwritable = (&'static str, String, StoreProblem);
+
+/// `future`, or [`StoreProblem::Timeout`] after `timeout`.
+async fn bounded<T>(
+    timeout: std::time::Duration,
+    future: impl std::future::Future<Output = T>,
+) -> Result<T, StoreProblem> {
+    tokio::time::timeout(timeout, future)
+        .await
+        .map_err(|_| StoreProblem::Timeout(timeout))
 }
 
 impl Admission {
@@ -173,85 +187,20 @@ impl Admission {
         {
             return Ok(());
         }
-        let timeout = self.config.probe_timeout;
-        let unwritable = |field, what: &str, problem| NodeError::Unwritable {
+        let unwritable = |(field, what, problem): Unwritable| NodeError::Unwritable {
             field,
             table: table.to_string(),
             what: what.to_owned(),
             problem: Box::new(problem),
         };
-        match table.store().scheme() {
-            StoreScheme::File => {
-                let (id, protected) = (table.clone(), self.config.protected_dirs.clone());
-                let checked =
-                    tokio::task::spawn_blocking(move || local::check_table(&id, &protected));
-                match tokio::time::timeout(timeout, checked).await {
-                    Err(_) => {
-                        return Err(unwritable(
-                            "store.location",
-                            "checking the directory",
-                            StoreProblem::Timeout(timeout),
-                        ))
-                    }
-                    Ok(Err(join)) => {
-                        return Err(unwritable(
-                            "store.location",
-                            "checking the directory",
-                            StoreProblem::Io(std::io::Error::other(join.to_string())),
-                        ))
-                    }
-                    Ok(Ok(Err(problem))) => {
-                        return Err(unwritable(
-                            problem.field,
-                            &problem.what,
-                            StoreProblem::Io(problem.error),
-                        ))
-                    }
-                    Ok(Ok(Ok(()))) => {}
-                }
-            }
-            StoreScheme::S3 => {
-                match tokio::time::timeout(timeout, crate::lake::probe_store(table)).await {
-                    Err(_) => {
-                        return Err(unwritable(
-                            "store.location",
-                            "reaching the store",
-                            StoreProblem::Timeout(timeout),
-                        ))
-                    }
-                    Ok(Err(error)) => {
-                        return Err(unwritable(
-                            "store.location",
-                            "reaching the store",
-                            StoreProblem::Lake(error),
-                        ))
-                    }
-                    Ok(Ok(())) => {}
-                }
-            }
-            StoreScheme::Memory => {}
-        }
-        let loaded = tokio::time::timeout(timeout, crate::lake::load_state(table)).await;
-        let state = match loaded {
-            Err(_) => {
-                return Err(unwritable(
+        self.check_location(table).await.map_err(unwritable)?;
+        if let Some(state) = self.load_table(table).await.map_err(unwritable)? {
+            crate::lake::check_writable(&state).map_err(|error| {
+                unwritable((
                     "path",
-                    "reading the table",
-                    StoreProblem::Timeout(timeout),
-                ))
-            }
-            Ok(Err(error)) => {
-                return Err(unwritable(
-                    "path",
-                    "reading the table",
+                    "checking the table".into(),
                     StoreProblem::Lake(error),
                 ))
-            }
-            Ok(Ok(state)) => state,
-        };
-        if let Some(state) = state {
-            crate::lake::check_writable(&state).map_err(|error| {
-                unwritable("path", "checking the table", StoreProblem::Lake(error))
             })?;
             self.schema.learn_from_store(table, state.schema());
         }
@@ -260,6 +209,59 @@ impl Admission {
             .unwrap_or_else(|e| e.into_inner())
             .insert(table.clone());
         Ok(())
+    }
+
+    /// The store's own checks: the filesystem rules of `local` on a file
+    /// store, a list and a small write on an object store; each bounded by
+    /// `--store-check-timeout-ms`.
+    async fn check_location(&self, table: &TableId) -> Result<(), Unwritable> {
+        let timeout = self.config.probe_timeout;
+        match table.store().scheme() {
+            StoreScheme::File => {
+                let (id, protected) = (table.clone(), self.config.protected_dirs.clone());
+                let checked = async move {
+                    tokio::task::spawn_blocking(move || local::check_table(&id, &protected))
+                        .await
+                        .map_err(|join| std::io::Error::other(join.to_string()))
+                };
+                let what = "checking the directory";
+                match bounded(timeout, checked).await {
+                    Err(problem) => Err(("store.location", what.into(), problem)),
+                    Ok(Err(error)) => Err(("store.location", what.into(), StoreProblem::Io(error))),
+                    Ok(Ok(Err(problem))) => {
+                        Err((problem.field, problem.what, StoreProblem::Io(problem.error)))
+                    }
+                    Ok(Ok(Ok(()))) => Ok(()),
+                }
+            }
+            StoreScheme::S3 => match bounded(timeout, crate::lake::probe_store(table)).await {
+                Err(problem) => Err(("store.location", "reaching the store".into(), problem)),
+                Ok(Err(error)) => Err((
+                    "store.location",
+                    "reaching the store".into(),
+                    StoreProblem::Lake(error),
+                )),
+                Ok(Ok(())) => Ok(()),
+            },
+            StoreScheme::Memory => Ok(()),
+        }
+    }
+
+    /// The table's Delta state, if it exists (bounded like the checks).
+    async fn load_table(
+        &self,
+        table: &TableId,
+    ) -> Result<Option<crate::lake::TableState>, Unwritable> {
+        let loaded = bounded(self.config.probe_timeout, crate::lake::load_state(table)).await;
+        match loaded {
+            Err(problem) => Err(("path", "reading the table".into(), problem)),
+            Ok(Err(error)) => Err((
+                "path",
+                "reading the table".into(),
+                StoreProblem::Lake(error),
+            )),
+            Ok(Ok(state)) => Ok(state),
+        }
     }
 
     /// Validates a message's descriptors against its schema in stored
@@ -272,11 +274,12 @@ impl Admission {
     ) -> Result<(StoredLayout, TypeClaim), NodeError> {
         // Roles first, on the schema as sent, so errors name the client's types.
         SyncLayout::from_descriptors(&command.column_descriptors, schema).map_err(Box::new)?;
-        let stored =
-            types::stored_schema(schema).map_err(|(field, problem)| NodeError::InvalidCommand {
+        let stored = stored_types::stored_schema(schema).map_err(|(field, problem)| {
+            NodeError::InvalidCommand {
                 field: "column_descriptors",
                 problem: format!("arrow field {field:?}: {problem}"),
-            })?;
+            }
+        })?;
         let layout =
             SyncLayout::from_descriptors(&command.column_descriptors, &stored).map_err(Box::new)?;
         let claim =
@@ -318,7 +321,7 @@ pub fn to_stored_batch(
         .iter()
         .zip(stored.schema.fields())
         .map(|(column, field)| {
-            types::to_stored(column, field.data_type()).map_err(|problem| NodeError::Batch {
+            stored_types::to_stored(column, field.data_type()).map_err(|problem| NodeError::Batch {
                 batch: index,
                 problem: format!("arrow field {:?}: {problem}", field.name()),
             })

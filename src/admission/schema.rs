@@ -10,10 +10,58 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arrow::datatypes::{DataType, Schema};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema};
 
 use crate::identity::TableId;
 use crate::sync::layout::SyncLayout;
+
+/// The column `field` names (case-insensitively), added as `field` says if
+/// it is new.
+fn known_column<'a>(
+    columns: &'a mut HashMap<String, KnownColumn>,
+    field: &Field,
+    accepted: bool,
+) -> &'a mut KnownColumn {
+    columns
+        .entry(field.name().to_lowercase())
+        .or_insert_with(|| KnownColumn {
+            name: field.name().clone(),
+            data_type: field.data_type().clone(),
+            accepted,
+            in_flight: 0,
+        })
+}
+
+/// Longest column name, in bytes (as long as a path segment; Hive-style
+/// catalogs take at most 128 characters, Delta itself sets no limit).
+pub const COLUMN_NAME_BYTES_MAX: usize = 255;
+
+/// Column names free of control characters, at most
+/// [`COLUMN_NAME_BYTES_MAX`] bytes, and distinct ignoring case.
+fn distinct_names(fields: &[FieldRef]) -> Result<(), SchemaConflict> {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for field in fields {
+        let name = field.name();
+        if name.len() > COLUMN_NAME_BYTES_MAX {
+            let start: String = name.chars().take(40).collect();
+            return Err(SchemaConflict(format!(
+                "column {start:?}... is {} bytes long; at most {COLUMN_NAME_BYTES_MAX}",
+                name.len()
+            )));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(SchemaConflict(format!(
+                "column {name:?} contains a control character"
+            )));
+        }
+        if let Some(first) = seen.insert(name.to_lowercase(), name) {
+            return Err(SchemaConflict(format!(
+                "columns {first:?} and {name:?} differ only in case; Delta column names are case-insensitive"
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// One column as known: its spelling, stored type, and who vouches for it.
 #[derive(Debug, Clone)]
@@ -114,18 +162,7 @@ impl SchemaKnowledge {
     pub fn claim(&self, table: &TableId, layout: &SyncLayout) -> Result<TypeClaim, SchemaConflict> {
         let conflict = |text: String| Err(SchemaConflict(text));
         let fields = layout.table_fields();
-        let mut seen: HashMap<String, &str> = HashMap::new();
-        for field in &fields {
-            let name = field.name();
-            if name.chars().any(char::is_control) {
-                return conflict(format!("column {name:?} contains a control character"));
-            }
-            if let Some(first) = seen.insert(name.to_lowercase(), name) {
-                return conflict(format!(
-                    "columns {first:?} and {name:?} differ only in case; Delta column names are case-insensitive"
-                ));
-            }
-        }
+        distinct_names(&fields)?;
         let mut tables = self.lock();
         let known = tables.entry(table.clone()).or_default();
         for field in &fields {
@@ -168,16 +205,7 @@ impl SchemaKnowledge {
             _ => {}
         }
         for field in &fields {
-            known
-                .columns
-                .entry(field.name().to_lowercase())
-                .or_insert_with(|| KnownColumn {
-                    name: field.name().clone(),
-                    data_type: field.data_type().clone(),
-                    accepted: false,
-                    in_flight: 0,
-                })
-                .in_flight += 1;
+            known_column(&mut known.columns, field, false).in_flight += 1;
         }
         known
             .key
@@ -203,15 +231,7 @@ impl SchemaKnowledge {
         let known = tables.entry(table.clone()).or_default();
         known.in_store = true;
         for field in schema.fields() {
-            known
-                .columns
-                .entry(field.name().to_lowercase())
-                .or_insert_with(|| KnownColumn {
-                    name: field.name().clone(),
-                    data_type: field.data_type().clone(),
-                    accepted: true,
-                    in_flight: 0,
-                });
+            known_column(&mut known.columns, field, true);
         }
     }
 

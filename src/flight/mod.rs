@@ -24,6 +24,9 @@ use crate::error::NodeError;
 use crate::node::Node;
 use crate::proto::sync::DataSyncCommand;
 use crate::put::PutItem;
+pub use reset::{BodyReset, WatchResets};
+
+pub mod reset;
 
 /// `google.protobuf.Any`, as Seafowl clients wrap the command.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -59,10 +62,12 @@ impl SyncService {
     }
 
     /// The tonic service, with message size limits from the node's config.
-    pub fn into_server(self) -> FlightServiceServer<SyncService> {
+    /// The tonic service, its request bodies watched for resets (see
+    /// [`reset`]).
+    pub fn into_server(self) -> WatchResets<FlightServiceServer<SyncService>> {
         let limit = usize::try_from(self.node.config().message_bytes_max.min(1 << 31))
             .unwrap_or(usize::MAX);
-        FlightServiceServer::new(self).max_decoding_message_size(limit)
+        WatchResets(FlightServiceServer::new(self).max_decoding_message_size(limit))
     }
 }
 
@@ -341,7 +346,12 @@ impl FlightService for SyncService {
         // cancelled when tonic drops this handler (the client cancelled or
         // reset the call) or when the client's own deadline passes; the put
         // then keeps nothing of the message.
-        let cancel = CancellationToken::new();
+        // A reset seen by the body watcher cancels the same token (tonic
+        // would report it as a clean end of the stream).
+        let cancel = match request.extensions().get::<BodyReset>() {
+            Some(BodyReset(reset)) => reset.clone(),
+            None => CancellationToken::new(),
+        };
         let _cancel_on_drop = cancel.clone().drop_guard();
         let deadline = grpc_timeout(request.metadata()).map(|timeout| {
             let cancel = cancel.clone();

@@ -8,11 +8,11 @@ use std::sync::atomic::Ordering;
 use tokio::time::Instant;
 
 use super::FlushContext;
-use crate::admission::types::{stored_schema, to_stored};
 use crate::identity::TableId;
 use crate::lake::{self, ApplyOutcome, CommitMarker, LakeError};
 use crate::pending::PendingFrame;
 use crate::record::{decode_record, RecordError};
+use crate::stored_types::{stored_schema, to_stored};
 use crate::sync::layout::{LayoutError, SyncLayout};
 use crate::sync::squash::{squash, ChangeBatch, SquashError};
 use crate::wal::{Lsn, WalError};

@@ -90,6 +90,7 @@ impl Node {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(NodeError::ShuttingDown);
         }
+        check_origin(&command.origin)?;
         let origin = Origin::new(&command.origin);
         let entry = self.origins.entry(&origin);
         let mut state = tokio::select! {
@@ -425,6 +426,29 @@ impl<'a> Message<'a> {
             writer,
         })
     }
+}
+
+/// Longest origin accepted, in bytes. An origin is written into every frame
+/// and every checkpoint (one entry per origin), so an unbounded one could
+/// make checkpoints too large to write and stop WAL truncation for good.
+pub const ORIGIN_BYTES_MAX: usize = 1024;
+
+/// The origin rules of every message, probes included: at most
+/// [`ORIGIN_BYTES_MAX`] bytes and no control characters (it reaches logs,
+/// `wal dump` and metrics). Emptiness is checked only for messages with
+/// rows (see [`check_command`]).
+fn check_origin(origin: &str) -> Result<(), NodeError> {
+    let problem = if origin.len() > ORIGIN_BYTES_MAX {
+        format!("is {} bytes long; at most {ORIGIN_BYTES_MAX}", origin.len())
+    } else if origin.chars().any(char::is_control) {
+        format!("{origin:?} contains a control character")
+    } else {
+        return Ok(());
+    };
+    Err(NodeError::InvalidCommand {
+        field: "origin",
+        problem,
+    })
 }
 
 /// The command fields a message with rows needs besides its table.

@@ -129,12 +129,20 @@ pub enum WalError {
     MissingSegment { after: SegmentId, found: SegmentId },
     #[error("frame payload of {len} bytes exceeds the limit of {max} bytes")]
     FrameTooLarge { len: u64, max: u64 },
-    #[error("the WAL has failed and acknowledges nothing more until restart: {reason}")]
-    Failed { reason: String },
+    /// The WAL failed stop; `cause` is the write or sync error that did it,
+    /// shared by every waiter that gets this answer.
+    #[error("the WAL has failed and acknowledges nothing more until restart: {cause}")]
+    Failed {
+        #[source]
+        cause: Arc<WalError>,
+    },
     #[error(
-        "the WAL disk is full; nothing of this write was kept, retry when space returns: {reason}"
+        "the WAL disk is full; nothing of this write was kept, retry when space returns: {cause}"
     )]
-    NoSpace { reason: String },
+    NoSpace {
+        #[source]
+        cause: Arc<WalError>,
+    },
     #[error("the WAL is closed")]
     Closed,
     #[error("WAL directory {dir} is locked by another process")]
@@ -197,7 +205,7 @@ struct State {
     active: Option<SegmentId>,
     recyclable: Vec<String>,
     maps: HashMap<SegmentId, FileBytes>,
-    failed: Option<String>,
+    failed: Option<Arc<WalError>>,
 }
 
 /// State shared by the writer thread and the handles.
@@ -224,8 +232,8 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn set_failed(&self, reason: &str) {
-        self.state().failed = Some(reason.to_string());
+    fn set_failed(&self, cause: &Arc<WalError>) {
+        self.state().failed = Some(cause.clone());
     }
 
     fn segment_synced(&self, id: SegmentId, durable: Lsn, end_offset: u64) {
@@ -492,7 +500,11 @@ impl Wal {
 
     /// Why the WAL failed (fail-stop), if it did.
     pub fn failure(&self) -> Option<String> {
-        self.shared.state().failed.clone()
+        self.shared
+            .state()
+            .failed
+            .as_ref()
+            .map(|error| error.to_string())
     }
 
     pub fn metrics(&self) -> &WalMetrics {
@@ -524,8 +536,8 @@ impl Wal {
                 max,
             });
         }
-        if let Some(reason) = self.shared.state().failed.clone() {
-            return Err(WalError::Failed { reason });
+        if let Some(cause) = self.shared.state().failed.clone() {
+            return Err(WalError::Failed { cause });
         }
         let sender = self
             .sender

@@ -54,7 +54,7 @@ pub(crate) struct Writer {
     pub(crate) next_lsn: Lsn,
     /// Highest Lsn covered by a completed fdatasync.
     pub(crate) durable_lsn: Lsn,
-    pub(crate) failed: Option<String>,
+    pub(crate) failed: Option<Arc<WalError>>,
     /// Reused between batches to avoid an allocation per batch.
     pub(crate) buffer: Vec<u8>,
 }
@@ -80,11 +80,10 @@ impl Writer {
     }
 
     fn commit(&mut self, batch: Vec<Request>) {
-        if let Some(reason) = &self.failed {
-            let reason = reason.clone();
+        if let Some(cause) = &self.failed {
             for request in batch {
                 let _ = request.reply.send(Err(WalError::Failed {
-                    reason: reason.clone(),
+                    cause: cause.clone(),
                 }));
             }
             return;
@@ -103,24 +102,25 @@ impl Writer {
                 tracing::warn!(%error, "WAL disk full: refusing this batch, the WAL stays usable");
                 self.shared.metrics.record_batch(durable);
                 let mut results = appended.into_iter().take(durable);
+                let cause = Arc::new(error);
                 for request in batch {
                     let result = match results.next() {
                         Some(appended) => Ok(appended),
                         None => Err(WalError::NoSpace {
-                            reason: error.to_string(),
+                            cause: cause.clone(),
                         }),
                     };
                     let _ = request.reply.send(result);
                 }
             }
             Err(Failure::Fatal(error)) => {
-                let reason = error.to_string();
-                tracing::error!(%reason, "WAL failed: no further appends are acknowledged");
-                self.shared.set_failed(&reason);
-                self.failed = Some(reason.clone());
+                tracing::error!(%error, "WAL failed: no further appends are acknowledged");
+                let cause = Arc::new(error);
+                self.shared.set_failed(&cause);
+                self.failed = Some(cause.clone());
                 for request in batch {
                     let _ = request.reply.send(Err(WalError::Failed {
-                        reason: reason.clone(),
+                        cause: cause.clone(),
                     }));
                 }
             }

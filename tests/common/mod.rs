@@ -23,7 +23,9 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod model;
 pub mod python;
+pub mod s3;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -54,11 +56,17 @@ pub const PREFIXED_TYPE_URL: &str = "type.googleapis.com/clade.sync.DataSyncComm
 
 /// How long a helper waits for the node to start or a condition to hold
 /// before failing the test (a guard against hangs, not a timing assertion).
-pub const DEADLINE: Duration = Duration::from_secs(60);
+pub const DEADLINE: Duration = Duration::from_secs(180);
 
-/// Path of the `flightlog` binary under test.
+/// Path of the `flightlog` binary under test: `FLIGHTLOG_BIN` when set (to
+/// run the suite against another build, e.g. the release binary or an older
+/// commit), else the one cargo built for this test run.
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_flightlog")
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        std::env::var("FLIGHTLOG_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_flightlog").to_owned())
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -133,12 +141,16 @@ pub fn command_bytes(command: &DataSyncCommand, type_url: &str) -> Bytes {
 // ---------------------------------------------------------------------------
 
 pub async fn connect(addr: SocketAddr) -> FlightClient {
+    try_connect(addr).await.expect("connect to the node")
+}
+
+/// [`connect`], or the error (a node that may have died meanwhile).
+pub async fn try_connect(addr: SocketAddr) -> Result<FlightClient, tonic::transport::Error> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("valid endpoint")
         .connect()
-        .await
-        .expect("connect to the node");
-    FlightClient::new(channel)
+        .await?;
+    Ok(FlightClient::new(channel))
 }
 
 /// One `do_put` of `command` (bare `type_url`) with `batches`; the schema
@@ -308,7 +320,42 @@ pub struct ServeProcess {
     pub log_path: PathBuf,
 }
 
+/// Flags and environment for [`ServeProcess::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl NodeOptions {
+    pub fn arg(mut self, flag: &str, value: impl ToString) -> Self {
+        self.args.push(flag.to_string());
+        self.args.push(value.to_string());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+}
+
 impl ServeProcess {
+    /// Starts the node with `options`, and `--max-lag-ms 50` unless they set
+    /// it (the flush tests want flushes soon, not after the default second).
+    pub fn start_with(data_dir: &Path, options: NodeOptions) -> ServeProcess {
+        let mut args: Vec<&str> = options.args.iter().map(String::as_str).collect();
+        if !args.contains(&"--max-lag-ms") {
+            args.extend(["--max-lag-ms", "50"]);
+        }
+        let env: Vec<(&str, &str)> = options
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Self::spawn(&[], data_dir, &args, &env)
+    }
+
     /// Starts `flightlog serve --listen 127.0.0.1:0 --data-dir <data_dir>
     /// <extra_args>` and waits for its start line.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> ServeProcess {
@@ -320,6 +367,25 @@ impl ServeProcess {
     /// must pass stdout through and exit when the node exits; [`Self::pid`]
     /// is then the wrapper's, and [`Self::node_pid`] the node's.
     pub fn start_wrapped(wrapper: &[&str], data_dir: &Path, extra_args: &[&str]) -> ServeProcess {
+        Self::spawn(wrapper, data_dir, extra_args, &[])
+    }
+
+    /// Like [`ServeProcess::start`], with `env` set for the node (for
+    /// example `FLIGHTLOG_FAILPOINT`, which is otherwise removed).
+    pub fn start_with_env(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServeProcess {
+        Self::spawn(&[], data_dir, extra_args, env)
+    }
+
+    fn spawn(
+        wrapper: &[&str],
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServeProcess {
         let log_path = data_dir.with_extension("stderr.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -339,6 +405,7 @@ impl ServeProcess {
             .arg(data_dir)
             .args(extra_args)
             .env_remove("FLIGHTLOG_FAILPOINT")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -394,17 +461,77 @@ impl ServeProcess {
             .status()
             .expect("run kill -TERM");
         assert!(status.success(), "kill -TERM failed");
-        let deadline = std::time::Instant::now() + DEADLINE;
+        self.wait_exit()
+    }
+
+    /// The node's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// A [`model::Client`] connected to the node.
+    pub async fn sync_client(&self) -> model::Client {
+        model::Client::connect(self.addr).await
+    }
+
+    /// Polls `origin` with probes until its durable sequence reaches
+    /// `sequence`, checking that durable never passes memory; fails fast,
+    /// with the log, when the node logs a failed flush.
+    pub async fn wait_durable(
+        &self,
+        client: &mut model::Client,
+        origin: &str,
+        sequence: u64,
+    ) -> DataSyncResponse {
+        let started = std::time::Instant::now();
+        let mut polls = 0u64;
+        loop {
+            let response = client.probe(origin).await;
+            assert!(
+                response.durable_sequence_number <= response.memory_sequence_number,
+                "durable ahead of memory: {response:?}"
+            );
+            if response.durable_sequence_number >= Some(sequence) {
+                return response;
+            }
+            polls += 1;
+            if polls.is_multiple_of(50) {
+                let log = self.log_text();
+                assert!(!log.contains("flush failed"), "a flush failed; log:\n{log}");
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "origin {origin}: durable sequence did not reach {sequence} within {DEADLINE:?}: {response:?}; log:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits (bounded) for the process to exit by itself.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let started = std::time::Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for the node") {
                 return status;
             }
             assert!(
-                std::time::Instant::now() < deadline,
-                "the node did not stop after SIGTERM"
+                started.elapsed() < DEADLINE,
+                "the node did not exit within {DEADLINE:?}; log:\n{}",
+                self.log_text()
             );
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Resident set size of the node in KiB, with its anonymous and file parts.
+    pub fn rss_kib(&self) -> Rss {
+        rss_of(self.node_pid())
+    }
+
+    /// Whether the process has exited (a crash point it was armed with).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
     /// The process spawned (the node, or its wrapper).
@@ -422,11 +549,6 @@ impl ServeProcess {
             Some(child) => child.parse().expect("a pid in /proc/<pid>/children"),
             None => pid,
         }
-    }
-
-    /// The node's log so far.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// Crash: SIGKILL, then reap. Nothing of the node's shutdown path runs.
@@ -458,6 +580,44 @@ impl Drop for ServeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Resident set size in KiB (`VmRSS`), with its anonymous and file parts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rss {
+    pub total: u64,
+    pub anon: u64,
+    pub file: u64,
+}
+
+pub fn rss_of(pid: u32) -> Rss {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Rss {
+        total: field("VmRSS:"),
+        anon: field("RssAnon:"),
+        file: field("RssFile:"),
+    }
+}
+
+/// Number of live WAL segment files (`<20 digits>.wal`) in `<data-dir>/wal`.
+pub fn segment_files(data_dir: &Path) -> usize {
+    std::fs::read_dir(data_dir.join("wal"))
+        .expect("read the WAL directory")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_suffix(".wal")
+                .is_some_and(|stem| stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count()
 }
 
 /// The address of `flightlog listening on <addr> ...`.
@@ -548,17 +708,35 @@ where
 // The Delta table
 // ---------------------------------------------------------------------------
 
-/// Every row of the key/value table at `path` under the store root
-/// `<data_dir>/lake` (the node's default store), as `(id, value)`, sorted.
-/// Duplicates are kept, so a change applied twice shows.
-pub async fn table_rows(data_dir: &Path, path: &str) -> Vec<(i64, Option<String>)> {
+/// The batches of the Delta table at `path` under the node's default store
+/// `<data_dir>/lake`, as the lake adapter reads them.
+pub async fn lake_batches(data_dir: &Path, path: &str) -> Vec<RecordBatch> {
     let lake = std::path::absolute(data_dir.join("lake")).expect("absolute lake path");
     let root = url::Url::from_directory_path(&lake).expect("a file URL for the lake");
     let location = flightlog::identity::TableId::parse(root.as_str(), &Default::default(), path)
         .expect("a valid table location");
-    let batches = flightlog::lake::read_table(&location)
+    flightlog::lake::read_table(&location)
         .await
-        .expect("read the Delta table");
+        .expect("read the Delta table")
+}
+
+/// The node's `metrics` action, parsed.
+pub async fn metrics(client: &mut FlightClient) -> serde_json::Value {
+    let bodies: Vec<_> = client
+        .do_action(arrow_flight::Action::new("metrics", ""))
+        .await
+        .expect("metrics action")
+        .try_collect()
+        .await
+        .expect("metrics body");
+    serde_json::from_slice(&bodies[0]).expect("metrics are JSON")
+}
+
+/// Every row of the key/value table at `path` under the store root
+/// `<data_dir>/lake` (the node's default store), as `(id, value)`, sorted.
+/// Duplicates are kept, so a change applied twice shows.
+pub async fn table_rows(data_dir: &Path, path: &str) -> Vec<(i64, Option<String>)> {
+    let batches = lake_batches(data_dir, path).await;
     let mut rows = Vec::new();
     for batch in batches {
         let ids = batch

@@ -5,7 +5,6 @@
 //! combinations.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
 
 use arrow::array::{BooleanArray, Int64Array, StringArray};
 use arrow::datatypes::Schema;
@@ -861,7 +860,7 @@ fn no_messages_give_an_empty_result() {
 }
 
 #[test]
-fn hundred_thousand_rows_squash_in_well_under_a_second() {
+fn hundred_thousand_mixed_rows_squash() {
     const ROWS: i64 = 100_000;
     let mut message = TestMessage::new([true; 3], [false, true, false]);
     for i in 0..ROWS {
@@ -883,20 +882,14 @@ fn hundred_thousand_rows_squash_in_well_under_a_second() {
         });
     }
     let (layout, batch) = message.encode();
-    let started = Instant::now();
     let squashed = squash(&[ChangeBatch {
         layout: &layout,
         batch: &batch,
     }])
     .unwrap();
-    let elapsed = started.elapsed();
+    // How long it takes is `cargo bench --bench flush`'s business (no
+    // timing thresholds in tests: the machines are shared).
     assert!(squashed.upserts.num_rows() > 50_000);
-    // Typically a small fraction of a second; the bound leaves room for a
-    // loaded CI machine while still catching per-cell boxing or O(n²) work.
-    assert!(
-        elapsed < Duration::from_secs(1),
-        "squash of {ROWS} rows took {elapsed:?}"
-    );
 }
 
 // Property test: random flushes against the one-by-one model.

@@ -7,6 +7,10 @@
 //! days, wide decimals) is checked value by value; one that cannot (widening
 //! integers, `LargeUtf8` to `Utf8`, a dictionary decoded, a time zone label
 //! changed to `UTC`, which keeps every instant) is a plain cast.
+//!
+//! Used by admission (before a put is acknowledged) and by the flusher (for
+//! frames written before a rule changed). Pure: no I/O; asks `lake` only for
+//! Delta's type of a nested field.
 
 use std::sync::Arc;
 

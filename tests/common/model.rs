@@ -1,15 +1,16 @@
-//! Helpers for the flush tests: run the real `flightlog` binary, speak the
-//! sync protocol to it through `arrow_flight::FlightClient`, build change
-//! messages, keep a simple model of what the tables must hold (a `BTreeMap`
-//! per table, applied change by change) and read the Delta tables back.
+//! Change messages and the model of the tables: a [`Client`] that sends
+//! [`Message`]s and [`Transaction`]s through the one `do_put` of
+//! [`super::put`], messages of key, value and CHANGED columns of several
+//! types, a [`Model`] of what each table must hold (a `BTreeMap` per table,
+//! applied change by change), the Delta tables read back and compared row by
+//! row, and seeded workloads. The nodes themselves are started by
+//! [`super::ServeProcess`].
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,265 +19,13 @@ use arrow::array::{
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Decimal128Type, Field, Int64Type, Schema, SchemaRef};
-use arrow_flight::encode::FlightDataEncoderBuilder;
-use arrow_flight::error::FlightError;
-use arrow_flight::{FlightClient, FlightDescriptor};
-use flightlog::flight::Any;
+use arrow_flight::FlightClient;
 use flightlog::identity::TableId as TableLocation;
 use flightlog::lake::read_table;
 use flightlog::proto::schema::StorageLocation;
 use flightlog::proto::sync::{ColumnDescriptor, ColumnRole, DataSyncCommand, DataSyncResponse};
-use futures::TryStreamExt;
-use prost::Message as _;
 
-/// How long any wait in these tests may take before it is a failure.
-pub const DEADLINE: Duration = Duration::from_secs(180);
-
-// ------------------------------------------------------------------ process
-
-/// The `flightlog` binary: `FLIGHTLOG_BIN` when set (a build directory
-/// shared by several checkouts overwrites `target/debug/flightlog`), else
-/// the one cargo built for these tests.
-pub fn binary() -> PathBuf {
-    std::env::var_os("FLIGHTLOG_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_flightlog")))
-}
-
-/// A running `flightlog serve`, killed (SIGKILL) on drop.
-pub struct NodeProcess {
-    child: Child,
-    pub addr: SocketAddr,
-    pub data_dir: PathBuf,
-    pub log: PathBuf,
-}
-
-/// Flags and environment for [`NodeProcess::start`].
-#[derive(Debug, Clone, Default)]
-pub struct NodeOptions {
-    pub args: Vec<String>,
-    pub env: Vec<(String, String)>,
-}
-
-impl NodeOptions {
-    pub fn arg(mut self, flag: &str, value: impl ToString) -> Self {
-        self.args.push(flag.to_string());
-        self.args.push(value.to_string());
-        self
-    }
-
-    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
-        self.env.push((key.to_string(), value.to_string()));
-        self
-    }
-
-    /// Whether `flag` was given (so the default below is not added).
-    fn has(&self, flag: &str) -> bool {
-        self.args.iter().any(|a| a == flag)
-    }
-}
-
-impl NodeProcess {
-    /// Starts the binary on a free port with `--max-lag-ms 50` (unless the
-    /// options say otherwise) and waits for its start line.
-    pub fn start(data_dir: &Path, options: NodeOptions) -> NodeProcess {
-        std::fs::create_dir_all(data_dir).unwrap();
-        let log = data_dir.with_extension("log");
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let mut command = Command::new(binary());
-        command
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(data_dir);
-        if !options.has("--max-lag-ms") {
-            command.args(["--max-lag-ms", "50"]);
-        }
-        command
-            .args(&options.args)
-            .env_remove("FLIGHTLOG_FAILPOINT")
-            .env("RUST_LOG", "info")
-            .envs(options.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr);
-        let mut child = command.spawn().expect("spawn flightlog");
-        let stdout = child.stdout.take().unwrap();
-        let (lines, received) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = lines.send(line);
-            // Keep draining so the node never blocks on a full pipe.
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        });
-        let line = match received.recv_timeout(DEADLINE) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("no start line; log:\n{}", read_log(&log));
-            }
-        };
-        let Some(rest) = line.strip_prefix("flightlog listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("unexpected start line {line:?}; log:\n{}", read_log(&log));
-        };
-        let addr = rest.split_whitespace().next().unwrap().parse().unwrap();
-        NodeProcess {
-            child,
-            addr,
-            data_dir: data_dir.to_path_buf(),
-            log,
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub async fn client(&self) -> Client {
-        Client::connect(self.addr).await
-    }
-
-    /// SIGKILL and reap.
-    pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    pub fn stop(mut self) -> ExitStatus {
-        // SAFETY-free: `kill` the command, not libc, to stay within safe code.
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        self.wait_exit()
-    }
-
-    /// Waits (bounded) for the process to exit by itself.
-    pub fn wait_exit(&mut self) -> ExitStatus {
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if started.elapsed() > DEADLINE {
-                panic!(
-                    "node did not exit within {DEADLINE:?}; log:\n{}",
-                    read_log(&self.log)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Polls `origin` with probes until its durable sequence reaches
-    /// `sequence`; fails fast when the node logs a failed flush.
-    pub async fn wait_durable(
-        &self,
-        client: &mut Client,
-        origin: &str,
-        sequence: u64,
-    ) -> DataSyncResponse {
-        let started = Instant::now();
-        let mut polls = 0u64;
-        loop {
-            let response = client.probe(origin).await;
-            assert!(
-                response.durable_sequence_number <= response.memory_sequence_number,
-                "durable ahead of memory: {response:?}"
-            );
-            if response.durable_sequence_number >= Some(sequence) {
-                return response;
-            }
-            polls += 1;
-            if polls.is_multiple_of(50) {
-                let log = self.log_text();
-                assert!(!log.contains("flush failed"), "a flush failed; log:\n{log}");
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "origin {origin}: durable sequence did not reach {sequence} within {DEADLINE:?}: {response:?}; log:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        read_log(&self.log)
-    }
-
-    /// Resident set size in KiB (`VmRSS`), with its anonymous and file parts.
-    pub fn rss_kib(&self) -> Rss {
-        rss_of(self.child.id())
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Rss {
-    pub total: u64,
-    pub anon: u64,
-    pub file: u64,
-}
-
-pub fn rss_of(pid: u32) -> Rss {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    Rss {
-        total: field("VmRSS:"),
-        anon: field("RssAnon:"),
-        file: field("RssFile:"),
-    }
-}
-
-pub fn read_log(path: &Path) -> String {
-    let mut text = String::new();
-    if let Ok(mut file) = std::fs::File::open(path) {
-        let _ = file.read_to_string(&mut text);
-    }
-    // The tail is what matters.
-    let start = text.len().saturating_sub(20_000);
-    let start = (start..text.len())
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(0);
-    text[start..].to_string()
-}
-
-/// Number of live WAL segment files (`<20 digits>.wal`) in `<data-dir>/wal`.
-pub fn segment_files(data_dir: &Path) -> usize {
-    std::fs::read_dir(data_dir.join("wal"))
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            name.strip_suffix(".wal")
-                .is_some_and(|stem| stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .count()
-}
+pub use super::DEADLINE;
 
 // ------------------------------------------------------------------- client
 
@@ -287,13 +36,8 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to flightlog");
         Client {
-            inner: FlightClient::new(channel),
+            inner: super::connect(addr).await,
         }
     }
 
@@ -306,25 +50,7 @@ impl Client {
         schema: SchemaRef,
         batches: Vec<RecordBatch>,
     ) -> Result<DataSyncResponse, tonic::Status> {
-        let any = Any {
-            type_url: "DataSyncCommand".into(),
-            value: command.encode_to_vec(),
-        };
-        let descriptor = FlightDescriptor::new_cmd(any.encode_to_vec());
-        let stream = FlightDataEncoderBuilder::new()
-            .with_schema(schema)
-            .with_flight_descriptor(Some(descriptor))
-            .build(futures::stream::iter(batches.into_iter().map(Ok)));
-        let results: Vec<_> = self
-            .inner
-            .do_put(stream)
-            .await
-            .map_err(into_status)?
-            .try_collect()
-            .await
-            .map_err(into_status)?;
-        assert_eq!(results.len(), 1, "exactly one PutResult");
-        Ok(DataSyncResponse::decode(results[0].app_metadata.as_ref()).expect("DataSyncResponse"))
+        super::put(&mut self.inner, command, schema, batches).await
     }
 
     /// A probe: a message with no rows and no sequence number.
@@ -396,13 +122,6 @@ impl Client {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-}
-
-fn into_status(error: FlightError) -> tonic::Status {
-    match error {
-        FlightError::Tonic(status) => *status,
-        other => tonic::Status::unknown(other.to_string()),
     }
 }
 
