@@ -83,6 +83,60 @@ pub struct ServeArgs {
     /// Most tables flushed at the same time [default: 2 x the cores].
     #[arg(long, env = "FLIGHTLOG_FLUSH_CONCURRENCY")]
     pub flush_concurrency: Option<usize>,
+    /// Address of the HTTP endpoints /metrics, /healthz, /readyz [default: off].
+    #[arg(long, env = "FLIGHTLOG_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+    /// Log line format on stderr [default: text].
+    #[arg(long, env = "FLIGHTLOG_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// PEM certificate chain of the Flight port; with --tls-key turns on TLS [default: off].
+    #[arg(long, env = "FLIGHTLOG_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "FLIGHTLOG_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: clients must present a certificate they signed [default: off].
+    #[arg(long, env = "FLIGHTLOG_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// File of bearer tokens, one per line, each optionally followed by the
+    /// store-location prefixes it may write; re-read on SIGHUP [default: off, no authentication].
+    #[arg(long, env = "FLIGHTLOG_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Compaction merges a table's small data files toward this size [default: 128 MiB].
+    #[arg(long, env = "FLIGHTLOG_TARGET_FILE_BYTES")]
+    pub target_file_bytes: Option<u64>,
+    /// Data files no longer referenced are deleted after this many hours [default: 168].
+    #[arg(long, env = "FLIGHTLOG_VACUUM_RETENTION_HOURS")]
+    pub vacuum_retention_hours: Option<u64>,
+    /// A Delta checkpoint every this many commits of a table [default: 10].
+    #[arg(long, env = "FLIGHTLOG_CHECKPOINT_INTERVAL_COMMITS")]
+    pub checkpoint_interval_commits: Option<u64>,
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Settings of the operator-facing surface (HTTP, logs, TLS, tokens) and of
+/// table maintenance.
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    pub http_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
+    pub auth_token_file: Option<PathBuf>,
+    pub target_file_bytes: u64,
+    pub vacuum_retention_hours: u64,
+    pub checkpoint_interval_commits: u64,
 }
 
 /// The same keys in the `--config` file.
@@ -108,6 +162,15 @@ struct FileConfig {
     segment_bytes: Option<u64>,
     segment_init: Option<SegmentInit>,
     flush_concurrency: Option<usize>,
+    http_listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    auth_token_file: Option<PathBuf>,
+    target_file_bytes: Option<u64>,
+    vacuum_retention_hours: Option<u64>,
+    checkpoint_interval_commits: Option<u64>,
 }
 
 /// The resolved configuration of a node.
@@ -133,6 +196,7 @@ pub struct Config {
     pub wal: WalConfig,
     /// Most tables flushed at the same time (at least 1).
     pub flush_concurrency: usize,
+    pub ops: OpsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -262,6 +326,26 @@ impl Config {
                 .unwrap_or_else(|| {
                     2 * std::thread::available_parallelism().map_or(1, |cores| cores.get())
                 }),
+            ops: OpsConfig {
+                http_listen: args.http_listen.or(file.http_listen),
+                log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+                tls_cert: args.tls_cert.or(file.tls_cert),
+                tls_key: args.tls_key.or(file.tls_key),
+                tls_client_ca: args.tls_client_ca.or(file.tls_client_ca),
+                auth_token_file: args.auth_token_file.or(file.auth_token_file),
+                target_file_bytes: args
+                    .target_file_bytes
+                    .or(file.target_file_bytes)
+                    .unwrap_or(128 << 20),
+                vacuum_retention_hours: args
+                    .vacuum_retention_hours
+                    .or(file.vacuum_retention_hours)
+                    .unwrap_or(168),
+                checkpoint_interval_commits: args
+                    .checkpoint_interval_commits
+                    .or(file.checkpoint_interval_commits)
+                    .unwrap_or(10),
+            },
         };
         config.check()?;
         Ok(config)
@@ -288,6 +372,18 @@ impl Config {
         }
         if self.flush_concurrency == 0 {
             return invalid("flush_concurrency", "must be at least 1");
+        }
+        if self.ops.tls_cert.is_some() != self.ops.tls_key.is_some() {
+            return invalid("tls_cert", "--tls-cert and --tls-key go together");
+        }
+        if self.ops.tls_client_ca.is_some() && self.ops.tls_cert.is_none() {
+            return invalid("tls_client_ca", "needs --tls-cert and --tls-key");
+        }
+        if self.ops.target_file_bytes < 1 << 20 {
+            return invalid("target_file_bytes", "must be at least 1 MiB");
+        }
+        if self.ops.checkpoint_interval_commits == 0 {
+            return invalid("checkpoint_interval_commits", "must be at least 1");
         }
         if self.wal.segment_bytes_target < 4096 {
             return invalid("segment_bytes", "must be at least 4096");
@@ -333,6 +429,28 @@ mod tests {
         assert_eq!(config.wal.segment_init, SegmentInit::Grow);
         assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 47470)));
         assert_eq!(config.put_idle_timeout_ms, 60_000);
+    }
+
+    #[test]
+    fn ops_flags_have_their_defaults_and_tls_files_go_in_pairs() {
+        let config = Config::resolve(ServeArgs::default()).expect("defaults");
+        assert_eq!(config.ops.http_listen, None);
+        assert_eq!(config.ops.log_format, LogFormat::Text);
+        assert_eq!(config.ops.target_file_bytes, 128 << 20);
+        assert_eq!(config.ops.vacuum_retention_hours, 168);
+        assert_eq!(config.ops.checkpoint_interval_commits, 10);
+        let error = Config::resolve(ServeArgs {
+            tls_cert: Some(PathBuf::from("cert.pem")),
+            ..ServeArgs::default()
+        })
+        .expect_err("a certificate without its key");
+        assert!(error.to_string().contains("tls_cert"), "{error}");
+        let error = Config::resolve(ServeArgs {
+            tls_client_ca: Some(PathBuf::from("ca.pem")),
+            ..ServeArgs::default()
+        })
+        .expect_err("client CA without TLS");
+        assert!(error.to_string().contains("tls_client_ca"), "{error}");
     }
 
     #[test]

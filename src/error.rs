@@ -64,6 +64,8 @@ pub enum NodeError {
     UnsupportedFormat { format: String },
     #[error("store.location {location:?} is not under any --allow-store prefix ({allowed})")]
     StoreNotAllowed { location: String, allowed: String },
+    #[error("store.location {location:?}: this token may only write under {allowed}")]
+    TokenStoreNotAllowed { location: String, allowed: String },
     #[error("store.location {location:?}: memory stores do not outlive the process, so acknowledged rows would be lost at exit; the node takes them only with --allow-memory-store")]
     MemoryStoreRefused { location: String },
     #[error("{field}: table {table}: {what}: {problem}")]
@@ -119,9 +121,9 @@ impl NodeError {
             | NodeError::RowTooLarge { .. }
             | NodeError::TransactionTooLarge { .. } => ErrorKind::InvalidInput,
             NodeError::UnsupportedFormat { .. } => ErrorKind::Unimplemented,
-            NodeError::StoreNotAllowed { .. } | NodeError::MemoryStoreRefused { .. } => {
-                ErrorKind::PermissionDenied
-            }
+            NodeError::StoreNotAllowed { .. }
+            | NodeError::TokenStoreNotAllowed { .. }
+            | NodeError::MemoryStoreRefused { .. } => ErrorKind::PermissionDenied,
             NodeError::Unwritable { problem, .. } => store_problem_kind(problem),
             NodeError::Quarantined { .. } => ErrorKind::FailedPrecondition,
             NodeError::ShuttingDown => ErrorKind::Closed,

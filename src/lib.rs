@@ -13,6 +13,7 @@ pub mod flush;
 pub mod identity;
 pub mod lake;
 pub mod node;
+pub mod ops;
 pub mod pending;
 pub mod put;
 pub mod record;

@@ -140,17 +140,11 @@ fn prepare(
 }
 
 fn run_serve(args: ServeArgs) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let (config, runtime) = match prepare("flightlog serve", args, true) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
+    flightlog::ops::logging::init(config.ops.log_format);
     match runtime.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -163,10 +157,50 @@ fn run_serve(args: ServeArgs) -> ExitCode {
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let address = listener.local_addr()?;
+    let options = serve_options(&config)?;
+    // The HTTP endpoints answer from before recovery ("recovering").
+    let health = flightlog::ops::http::Health::new();
+    let (http_stop, http_stopped) = tokio::sync::watch::channel(false);
+    let http = match config.ops.http_listen {
+        Some(addr) => {
+            let http_listener = tokio::net::TcpListener::bind(addr).await?;
+            let http_address = http_listener.local_addr()?;
+            tracing::info!(%http_address, "HTTP endpoints /metrics /healthz /readyz");
+            let mut stopped = http_stopped.clone();
+            let task = tokio::spawn(flightlog::ops::http::serve(
+                http_listener,
+                health.clone(),
+                async move {
+                    while !*stopped.borrow_and_update() {
+                        if stopped.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                },
+            ));
+            Some((http_address, task))
+        }
+        None => None,
+    };
     let (node, state) = Node::open(config).await?;
+    health.set_node(node.clone());
+    let reloader = options.tokens.clone().map(spawn_token_reloader);
     let flusher = flightlog::flush::start(node.flush_context());
     let sweeper = flightlog::node::spawn_idle_sweeper(node.clone());
-    println!("{}", start_line(&node, address, &state));
+    let mut line = start_line(&node, address, &state);
+    if let Some((http_address, _)) = &http {
+        line.push_str(&format!(" http={http_address}"));
+    }
+    line.push_str(&format!(
+        " tls={} auth={}",
+        if options.tls.is_some() { "on" } else { "off" },
+        if options.tokens.is_some() {
+            "tokens"
+        } else {
+            "off"
+        }
+    ));
+    println!("{line}");
     use std::io::Write;
     std::io::stdout().flush()?;
     let shutdown = {
@@ -177,12 +211,55 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             node.begin_shutdown();
         }
     };
-    flightlog::flight::serve(node.clone(), listener, shutdown).await?;
+    flightlog::flight::serve_with(node.clone(), listener, options, shutdown).await?;
     sweeper.abort();
+    if let Some(reloader) = reloader {
+        reloader.abort();
+    }
     flusher.stop().await;
     node.wal().close();
+    let _ = http_stop.send(true);
+    if let Some((_, task)) = http {
+        let _ = task.await;
+    }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// TLS and tokens of the Flight port from the configuration.
+fn serve_options(
+    config: &Config,
+) -> Result<flightlog::flight::ServeOptions, Box<dyn std::error::Error>> {
+    let tls = flightlog::ops::tls::server_config(&config.ops)?;
+    let tokens = match &config.ops.auth_token_file {
+        Some(path) => Some(std::sync::Arc::new(flightlog::ops::auth::Tokens::load(
+            path,
+        )?)),
+        None => None,
+    };
+    Ok(flightlog::flight::ServeOptions { tls, tokens })
+}
+
+/// Re-reads the token file on every SIGHUP; a file that does not parse
+/// keeps the tokens in force (and says why, without any token).
+fn spawn_token_reloader(
+    tokens: std::sync::Arc<flightlog::ops::auth::Tokens>,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    tokio::spawn(async move {
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: the token file is read only at start");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            match tokens.reload() {
+                Ok(count) => tracing::info!(tokens = count, "SIGHUP: token file re-read"),
+                Err(error) => {
+                    tracing::error!(%error, "SIGHUP: token file not re-read; the previous tokens stay in force")
+                }
+            }
+        }
+    })
 }
 
 async fn wait_for_signal() {

@@ -42,6 +42,10 @@ pub struct StartState {
 pub struct PutMetrics {
     /// Open transactions aborted because their origin went quiet.
     pub idle_transactions_aborted: AtomicU64,
+    /// do_put calls answered, by status code (counted by the Flight adapter).
+    pub requests: crate::ops::metrics::RequestCounts,
+    /// Time from a do_put's start to its successful answer.
+    pub ack_seconds: crate::ops::latency::Latency,
 }
 
 /// The ingest node. Shared by every request (wrap in an `Arc`).
@@ -101,6 +105,21 @@ impl Node {
             config: FlushConfig::from(&self.config),
             metrics: self.flush_metrics.clone(),
         }
+    }
+
+    /// Whether [`Node::begin_shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Counters of the put path (the Flight adapter records into them).
+    pub fn put_metrics(&self) -> &PutMetrics {
+        &self.put_metrics
+    }
+
+    /// The admission stage (the Flight adapter checks a token's grant).
+    pub fn admission(&self) -> &Admission {
+        &self.admission
     }
 
     /// Stops accepting puts; in-flight puts finish.
@@ -187,6 +206,13 @@ impl Node {
                 "rows_written": load(&flush.rows_written),
                 "frames_flushed": load(&flush.frames_flushed),
                 "quarantined": quarantined,
+            },
+            "maintenance": {
+                "compactions": load(&flush.maintenance.compactions),
+                "files_compacted": load(&flush.maintenance.files_compacted),
+                "checkpoints": load(&flush.maintenance.checkpoints),
+                "files_vacuumed": load(&flush.maintenance.files_vacuumed),
+                "failures": load(&flush.maintenance.failures),
             },
             "put": {
                 "idle_transactions_aborted": load(&self.put_metrics.idle_transactions_aborted),

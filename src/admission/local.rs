@@ -92,7 +92,16 @@ pub(crate) fn check_table(table: &TableId, protected: &[PathBuf]) -> Result<(), 
             error,
         )
     })?;
-    let probe = dir.join(format!(".flightlog-probe-{}", table.marker_tag()));
+    // A name of its own per check: concurrent first puts to one table check
+    // it at the same time, and with one shared name one check removed the
+    // file another was about to remove (NotFound, refused as unwritable).
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let probe_number = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = dir.join(format!(
+        ".flightlog-probe-{}-{}-{probe_number}",
+        table.marker_tag(),
+        std::process::id()
+    ));
     let written = std::fs::File::create(&probe)
         .and_then(|mut file| file.write_all(b"flightlog"))
         .and_then(|()| std::fs::remove_file(&probe));

@@ -112,6 +112,29 @@ impl Admission {
         Ok(TableId::new(self.resolve_links(store), path))
     }
 
+    /// Whether a token restricted to `prefixes` (empty: unrestricted) may
+    /// write `table`; `PermissionDenied` otherwise.
+    pub fn check_grant(&self, table: &TableId, prefixes: &[StoreRoot]) -> Result<(), NodeError> {
+        if prefixes.is_empty() {
+            return Ok(());
+        }
+        let store = table.store();
+        let under = |prefix: &StoreRoot| {
+            store.is_under(prefix) || store.is_under(&self.resolve_links(prefix.clone()))
+        };
+        if prefixes.iter().any(under) {
+            return Ok(());
+        }
+        Err(NodeError::TokenStoreNotAllowed {
+            location: store.canonical().to_owned(),
+            allowed: prefixes
+                .iter()
+                .map(|p| p.canonical().to_owned())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
     fn check_allowed(&self, root: &StoreRoot, location: &str) -> Result<(), NodeError> {
         if root.scheme() == StoreScheme::Memory && !self.config.allow_memory_store {
             return Err(NodeError::MemoryStoreRefused {

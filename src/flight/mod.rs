@@ -45,6 +45,8 @@ pub const COMMAND_TYPE_URLS: [&str; 2] = [
 
 /// The Flight action that returns the node's metrics as JSON.
 pub const METRICS_ACTION: &str = "metrics";
+/// The `metrics` action's body asking for the Prometheus text format.
+pub const METRICS_PROMETHEUS_BODY: &[u8] = b"prometheus";
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -59,9 +61,8 @@ impl SyncService {
         SyncService { node }
     }
 
-    /// The tonic service, with message size limits from the node's config.
-    /// The tonic service, its request bodies watched for resets (see
-    /// [`reset`]).
+    /// The tonic service, with message size limits from the node's config
+    /// and its request bodies watched for resets (see [`reset`]).
     pub fn into_server(self) -> WatchResets<FlightServiceServer<SyncService>> {
         let limit = usize::try_from(self.node.config().message_bytes_max.min(1 << 31))
             .unwrap_or(usize::MAX);
@@ -70,22 +71,57 @@ impl SyncService {
 }
 
 /// Serves the node's Flight service on `listener` until `shutdown`
-/// completes, then lets in-flight requests finish. The one place the tonic
-/// server is put together (the binary, tests and benches call it).
+/// completes, then lets in-flight requests finish; plain TCP, no tokens.
 pub async fn serve(
     node: Arc<Node>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
-        .add_service(SyncService::new(node).into_server())
-        .serve_with_incoming_shutdown(
-            // `serve_with_incoming` ignores `Server::tcp_nodelay`: set it on the
-            // accepted sockets, or Nagle holds small responses for a delayed ACK.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await
+    serve_with(node, listener, ServeOptions::default(), shutdown).await
+}
+
+/// How the Flight port is protected.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// TLS (and client certificates), see `ops::tls`.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Bearer tokens every call must carry, see `ops::auth`.
+    pub tokens: Option<Arc<crate::ops::auth::Tokens>>,
+}
+
+/// [`serve`] with TLS and tokens. The one place the tonic server is put
+/// together (the binary, tests and benches call it).
+pub async fn serve_with(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = options.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    // `serve_with_incoming` ignores `Server::tcp_nodelay`: set it on the
+    // accepted sockets, or Nagle holds small responses for a delayed ACK.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let server = SyncService::new(node).into_server();
+    match options.tokens {
+        Some(tokens) => {
+            let check = move |request: Request<()>| tokens.check(request);
+            builder
+                .add_service(tonic::service::interceptor::InterceptedService::new(
+                    server, check,
+                ))
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        None => {
+            builder
+                .add_service(server)
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    }
 }
 
 /// Decodes the command from the first message's descriptor.
@@ -229,6 +265,10 @@ impl SyncService {
         request: Request<Streaming<FlightData>>,
         cancel: CancellationToken,
     ) -> Result<Response<BoxStream<PutResult>>, Status> {
+        let grant = request
+            .extensions()
+            .get::<crate::ops::auth::Grant>()
+            .cloned();
         let mut stream = request.into_inner();
         let limit = self.node.config().message_bytes_max;
         let first = stream
@@ -244,6 +284,11 @@ impl SyncService {
             )
         })?;
         let command = decode_command(first.flight_descriptor.as_ref())?;
+        if let Some(grant) = &grant {
+            let admission = self.node.admission();
+            let table = admission.table_id(&command, true)?;
+            admission.check_grant(&table, &grant.prefixes)?;
+        }
         let flight_data = futures::stream::once(async move { Ok(first) })
             .chain(stream.map(|item| item.map_err(FlightError::from)));
         let items = decode_put_stream(flight_data, limit);
@@ -316,9 +361,18 @@ impl FlightService for SyncService {
                 cancel.cancel();
             })
         });
+        let started = std::time::Instant::now();
         let result = self.put(request, cancel).await;
         if let Some(timer) = deadline {
             timer.abort();
+        }
+        let metrics = self.node.put_metrics();
+        match &result {
+            Ok(_) => {
+                metrics.requests.record(tonic::Code::Ok);
+                metrics.ack_seconds.observe(started.elapsed());
+            }
+            Err(status) => metrics.requests.record(status.code()),
         }
         result
     }
@@ -363,7 +417,8 @@ impl FlightService for SyncService {
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         unimplemented("do_exchange")
     }
-    /// `metrics`: the node's counters and gauges as one JSON document.
+    /// `metrics`: the node's counters and gauges as one JSON document; with
+    /// body `prometheus`, the `/metrics` registry in the OpenMetrics text format.
     async fn do_action(
         &self,
         request: Request<Action>,
@@ -375,7 +430,11 @@ impl FlightService for SyncService {
                 action.r#type
             )));
         }
-        let body = self.node.metrics_json().to_string();
+        let body = if action.body.as_ref() == METRICS_PROMETHEUS_BODY {
+            crate::ops::metrics::render(&self.node)
+        } else {
+            self.node.metrics_json().to_string()
+        };
         let result = arrow_flight::Result { body: body.into() };
         Ok(Response::new(Box::pin(futures::stream::once(async move {
             Ok(result)

@@ -29,6 +29,7 @@ use tokio::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::identity::TableId;
+use crate::lake::maintenance::{maintain, MaintenanceConfig};
 use crate::pending::{DuePolicy, Pending, Quarantine};
 use crate::wal::Wal;
 
@@ -41,6 +42,10 @@ pub use table::{flush_table, FlushError, FlushErrorKind};
 /// ~45 ms with `--max-lag-ms 10` in the release bench). Durable sequences are
 /// reported at commit either way; only truncation waits.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Least time between two vacuums of one table (each lists the table's
+/// whole directory).
+const VACUUM_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Settings of the scheduler.
 #[derive(Debug, Clone)]
@@ -56,6 +61,8 @@ pub struct FlushConfig {
     pub quarantine_retry: Duration,
     /// Most tables flushed at the same time (each in its own task).
     pub concurrency: usize,
+    /// Compaction, checkpoints and vacuum, run between flushes of a table.
+    pub maintenance: MaintenanceConfig,
 }
 
 impl From<&Config> for FlushConfig {
@@ -71,6 +78,18 @@ impl From<&Config> for FlushConfig {
             quarantine_after_transient: config.quarantine_after_failures,
             quarantine_retry: Duration::from_millis(config.quarantine_retry_ms),
             concurrency: config.flush_concurrency.max(1),
+            maintenance: MaintenanceConfig {
+                target_file_bytes: config.ops.target_file_bytes,
+                vacuum_retention: Duration::from_secs(
+                    config.ops.vacuum_retention_hours.saturating_mul(3600),
+                ),
+                interval_commits: config.ops.checkpoint_interval_commits,
+                // A retention shorter than the interval is an operator's
+                // wish to see removed files go soon.
+                vacuum_interval: VACUUM_INTERVAL.min(Duration::from_secs(
+                    config.ops.vacuum_retention_hours.saturating_mul(3600),
+                )),
+            },
         }
     }
 }
@@ -93,6 +112,14 @@ pub struct FlushMetrics {
     pub rows_written: AtomicU64,
     pub frames_flushed: AtomicU64,
     pub quarantines: AtomicU64,
+    /// Failures that retrying may mend (store outage, WAL I/O).
+    pub failures_transient: AtomicU64,
+    /// Failures that repeat on the same input.
+    pub failures_permanent: AtomicU64,
+    /// Duration of each committed flush of one table.
+    pub flush_seconds: crate::ops::latency::Latency,
+    /// Compaction, checkpoints and vacuum.
+    pub maintenance: crate::lake::maintenance::MaintenanceMetrics,
 }
 
 /// Handle of the running scheduler.
@@ -146,12 +173,13 @@ async fn run(context: FlushContext, mut stopped: watch::Receiver<bool>) {
     let mut in_flight: HashMap<tokio::task::Id, TableId> = HashMap::new();
     let mut unsaved = false;
     let mut last_checkpoint: Option<Instant> = None;
+    let mut upkeep: HashMap<TableId, Upkeep> = HashMap::new();
     loop {
         tokio::select! {
             _ = stopped.changed() => break,
             _ = tokio::time::sleep(tick) => {}
             Some(done) = running.join_next_with_id(), if !running.is_empty() => {
-                unsaved |= finished(&context, &mut backoff, &mut in_flight, done);
+                unsaved |= finished(&context, &mut backoff, &mut in_flight, &mut upkeep, done);
             }
         }
         if *stopped.borrow() {
@@ -167,10 +195,19 @@ async fn run(context: FlushContext, mut stopped: watch::Receiver<bool>) {
             {
                 continue;
             }
+            // Maintenance runs in the table's own task, after its flush: never
+            // beside a flush of the same table, and never holding up others.
+            let maintenance = maintenance_due(
+                &context.config.maintenance,
+                upkeep.entry(table.clone()).or_default(),
+            );
             let task_context = context.clone();
             let task_table = table.clone();
             let handle = running.spawn(async move {
                 let result = flush_table(&task_context, &task_table).await;
+                if let (Ok(_), Some(vacuum)) = (&result, maintenance) {
+                    maintain_logged(&task_context, &task_table, vacuum).await;
+                }
                 (task_table, result)
             });
             in_flight.insert(handle.id(), table);
@@ -187,7 +224,7 @@ async fn run(context: FlushContext, mut stopped: watch::Receiver<bool>) {
         }
     }
     while let Some(done) = running.join_next_with_id().await {
-        finished(&context, &mut backoff, &mut in_flight, done);
+        finished(&context, &mut backoff, &mut in_flight, &mut upkeep, done);
     }
 }
 
@@ -199,11 +236,15 @@ fn finished(
     context: &FlushContext,
     backoff: &mut HashMap<TableId, Backoff>,
     in_flight: &mut HashMap<tokio::task::Id, TableId>,
+    upkeep: &mut HashMap<TableId, Upkeep>,
     done: Result<(tokio::task::Id, FlushOutcome), tokio::task::JoinError>,
 ) -> bool {
     match done {
         Ok((id, (table, Ok(changed)))) => {
             in_flight.remove(&id);
+            if changed {
+                upkeep.entry(table.clone()).or_default().flushes += 1;
+            }
             backoff.remove(&table);
             if context.pending.lift_quarantine(&table) {
                 tracing::info!(%table, "flushed again: the table left quarantine");
@@ -238,6 +279,40 @@ fn finished(
     }
 }
 
+/// A table's maintenance state in the scheduler.
+#[derive(Debug, Default)]
+struct Upkeep {
+    /// Flushes since the last maintenance run.
+    flushes: u64,
+    last_vacuum: Option<Instant>,
+}
+
+/// Whether `table` is due for maintenance (see [`crate::lake::maintenance`]):
+/// `interval_commits` flushes that changed it since the last run; `Some`
+/// says whether to vacuum too. Counts the run as started.
+fn maintenance_due(config: &MaintenanceConfig, state: &mut Upkeep) -> Option<bool> {
+    if state.flushes < config.interval_commits {
+        return None;
+    }
+    state.flushes = 0;
+    let vacuum = state
+        .last_vacuum
+        .is_none_or(|at| at.elapsed() >= config.vacuum_interval);
+    if vacuum {
+        state.last_vacuum = Some(Instant::now());
+    }
+    Some(vacuum)
+}
+
+/// Maintains `table`; a failure is logged and the run repeats after the
+/// next interval.
+async fn maintain_logged(context: &FlushContext, table: &TableId, vacuum: bool) {
+    let config = &context.config.maintenance;
+    if let Err(error) = maintain(table, config, vacuum, &context.metrics.maintenance).await {
+        tracing::warn!(%table, %error, "table maintenance failed; the table is unchanged and maintenance runs again later");
+    }
+}
+
 /// Records a failed flush: the next attempt, and quarantine once the table
 /// failed often enough for its kind of error.
 fn failed(
@@ -247,6 +322,11 @@ fn failed(
     previous: Option<Backoff>,
 ) -> Backoff {
     context.metrics.failures.fetch_add(1, Ordering::Relaxed);
+    match error.kind() {
+        FlushErrorKind::Transient => &context.metrics.failures_transient,
+        FlushErrorKind::Permanent => &context.metrics.failures_permanent,
+    }
+    .fetch_add(1, Ordering::Relaxed);
     let failures = previous.map_or(1, |b| b.failures.saturating_add(1));
     let config = &context.config;
     let limit = match error.kind() {

@@ -255,6 +255,7 @@ fn record_outcome(
             rows_written,
         } => {
             metrics.commits.fetch_add(1, Ordering::Relaxed);
+            metrics.flush_seconds.observe(started.elapsed());
             metrics
                 .rows_written
                 .fetch_add(*rows_written, Ordering::Relaxed);

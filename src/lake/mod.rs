@@ -29,6 +29,7 @@ mod error;
 pub mod faults;
 mod features;
 mod location;
+pub mod maintenance;
 mod merge;
 mod prune;
 mod table;

@@ -182,6 +182,8 @@ pub struct WalMetrics {
     pub segments_created: AtomicU64,
     pub segments_removed: AtomicU64,
     pub segments_recycled: AtomicU64,
+    /// Duration of each fdatasync of the active segment.
+    pub fsync_seconds: crate::ops::latency::Latency,
 }
 
 impl WalMetrics {
@@ -505,6 +507,15 @@ impl Wal {
 
     pub fn config(&self) -> &WalConfig {
         &self.shared.config
+    }
+
+    /// Why the WAL failed (fail-stop), if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared
+            .state()
+            .failed
+            .as_ref()
+            .map(|error| error.to_string())
     }
 
     pub fn metrics(&self) -> &WalMetrics {

@@ -225,10 +225,12 @@ impl Writer {
     }
 
     fn sync(&mut self) -> Result<(), WalError> {
+        let started = std::time::Instant::now();
         self.active
             .sync_data()
             .map_err(WalError::io("fdatasync the active segment"))?;
         self.shared.metrics.record_sync();
+        self.shared.metrics.fsync_seconds.observe(started.elapsed());
         self.durable_lsn = Lsn(self.next_lsn.0 - 1);
         self.shared
             .segment_synced(self.active_id, self.durable_lsn, self.offset);
