@@ -141,7 +141,11 @@ def do_put(client, command, batches):
     writer.done_writing()
     metadata = reader.read()
     writer.close()
-    return decode_response(metadata.to_pybytes() if metadata is not None else b"")
+    if metadata is None:
+        # Every answer carries one PutResult: none is a broken call (resend),
+        # never an answer with all fields at their defaults.
+        raise RuntimeError("the node's answer carried no PutResult; resend")
+    return decode_response(metadata.to_pybytes())
 
 
 def main():

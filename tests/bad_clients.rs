@@ -637,3 +637,47 @@ async fn huge_fields_are_refused_with_a_short_answer() {
         "the node still serves"
     );
 }
+
+/// A replay keeps nothing, but it is answered only after the client's
+/// stream ended: answered while the client still sends, the call is closed
+/// under it and pyarrow sometimes reports no `PutResult` at all (a full run
+/// saw an all-default answer, `memory_sequence_number = None`, for a replay
+/// of an acknowledged sequence).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_is_answered_after_its_stream_ends() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let node = InProcessNode::start(|_| {}).await;
+    let mut client = node.client().await;
+    let cmd = command(TABLE, "replayer", Some(5));
+    put_inserts(&mut client, &cmd, 0..3).await;
+    let sent_all = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = sent_all.clone();
+    let tail = futures::stream::once(async move {
+        // The last batch leaves well after the node could have answered.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        flag.store(true, Ordering::SeqCst);
+        Ok(inserts(3..6))
+    });
+    let stream = FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(FlightDescriptor::new_cmd(command_bytes(
+            &cmd,
+            BARE_TYPE_URL,
+        ))))
+        .with_schema(key_value_schema())
+        .build(futures::stream::iter([Ok(inserts(0..3))]).chain(tail));
+    let results: Vec<_> = client
+        .do_put(stream)
+        .await
+        .expect("the replay is answered")
+        .try_collect()
+        .await
+        .expect("one PutResult");
+    assert!(
+        sent_all.load(Ordering::SeqCst),
+        "the replay was answered before the client's stream ended"
+    );
+    let answer = flightlog::proto::sync::DataSyncResponse::decode(results[0].app_metadata.as_ref())
+        .expect("a DataSyncResponse");
+    assert_eq!(answer.memory_sequence_number, Some(5), "{answer:?}");
+    assert!(answer.accepted);
+}

@@ -182,8 +182,9 @@ fn a_batch_larger_than_a_frame_is_split_not_refused() {
 
 #[test]
 fn over_the_high_watermark_puts_are_not_accepted() {
-    scenario(
-        "over_the_high_watermark_puts_are_not_accepted",
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node(
+        &dir,
         &[
             "--max-lag-ms",
             "3600000",
@@ -192,6 +193,21 @@ fn over_the_high_watermark_puts_are_not_accepted() {
             "--pending-bytes-high-watermark",
             "20000",
         ],
+    );
+    if run_scenario(&node, "over_the_high_watermark_puts_are_not_accepted").is_none() {
+        return;
+    }
+    // Pending bytes never exceed what was written: the refusal came only
+    // once the accepted frames held at least the high watermark.
+    let dump = common::wal_dump(&node.data_dir);
+    let written: u64 = common::frames_of_kind(&dump, "data")
+        .into_iter()
+        .filter(|frame| frame["origin"] == "w")
+        .map(|frame| frame["len"].as_u64().expect("frame len"))
+        .sum();
+    assert!(
+        written >= 20_000,
+        "refused with only {written} bytes written"
     );
 }
 

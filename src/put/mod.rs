@@ -122,6 +122,7 @@ impl Node {
                 // An idempotent resend: whatever part of this transaction was
                 // streamed again since is discarded, nothing is written.
                 self.abort_open(origin, state).await?;
+                self.drain(items, cancel).await?;
                 return Ok(self.answer(origin, state, true));
             }
         }
@@ -141,7 +142,10 @@ impl Node {
         };
         match flow {
             Ok(Flow::Ended | Flow::Continue) => self.commit(message, origin, state, cancel).await,
-            Ok(Flow::Overloaded) => Ok(self.answer(origin, state, false)),
+            Ok(Flow::Overloaded) => {
+                self.drain(items, cancel).await?;
+                Ok(self.answer(origin, state, false))
+            }
             Err(error) => Err(self.give_up(origin, state, message, error).await),
         }
     }
@@ -309,6 +313,45 @@ impl Node {
             write_abort(&self.wal, origin, first, last).await?;
         }
         Ok(())
+    }
+
+    /// Reads the rest of a message that keeps nothing (a replay, or one
+    /// refused as overloaded) and throws it away, so that the answer comes
+    /// after the client's end of stream. Answered while the client still
+    /// sends, the call is closed under it: pyarrow then sometimes reports no
+    /// `PutResult` at all (seen as an all-default answer, `memory = None`).
+    /// Bounded like a message: `--message-bytes-max` bytes, the idle timeout,
+    /// the client's cancellation.
+    async fn drain<S>(&self, items: &mut S, cancel: &CancellationToken) -> Result<(), NodeError>
+    where
+        S: Stream<Item = Result<PutItem, NodeError>> + Unpin,
+    {
+        let limit = self.config.message_bytes_max;
+        let idle = self.idle_timeout();
+        let mut bytes = 0u64;
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(NodeError::Cancelled),
+                item = tokio::time::timeout(idle, items.next()) => item,
+            };
+            match item {
+                Err(_) => {
+                    return Err(NodeError::Idle {
+                        ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+                    })
+                }
+                Ok(None) => return Ok(()),
+                Ok(Some(item)) => {
+                    if let PutItem::Batch(batch) = item? {
+                        bytes = bytes.saturating_add(batch.get_array_memory_size() as u64);
+                        if bytes > limit {
+                            return Err(NodeError::MessageTooLarge { limit });
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn answer(&self, origin: &Origin, state: &mut OriginState, accepted: bool) -> DataSyncResponse {

@@ -525,7 +525,9 @@ def over_the_high_watermark_puts_are_not_accepted(node, data):
         check(answer["memory_sequence_number"] == sequence, f"{answer}")
     else:
         fail("the high watermark was never reached")
-    check(node.metrics()["pending"]["bytes"] >= 20000, "refused only over the watermark")
+    # "Refused only over the watermark" is checked on the WAL by
+    # tests/conformance.rs: the flusher may flush (above the low watermark)
+    # between the refusal and any read of the pending bytes.
     probe = node.probe("w")
     check(probe["accepted"] is True, f"a probe is answered: {probe}")
 

@@ -92,7 +92,10 @@ class Node:
             writer.close()
         except (flight.FlightError, pa.ArrowException, NotImplementedError) as error:
             raise Refused(error) from None
-        return wire.decode_response(metadata.to_pybytes() if metadata is not None else b"")
+        # Every answer carries one PutResult; none at all is a broken call,
+        # not an all-default answer.
+        check(metadata is not None, "the node's answer carried no PutResult")
+        return wire.decode_response(metadata.to_pybytes())
 
     def probe(self, origin):
         return self.put(command(origin=origin))
