@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -27,6 +27,7 @@ use arrow::compute::concat_batches;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use common::postgres::{free_port, Postgres};
+use common::ServeProcess;
 use flightlog::replicate::node_client::NodeClient;
 use flightlog::replicate::source::{parse_lsn, publication_tables};
 use flightlog::replicate::types::{ColumnBuilder, PgType};
@@ -35,66 +36,18 @@ use flightlog::replicate::types::{ColumnBuilder, PgType};
 // Processes
 // ---------------------------------------------------------------------------
 
-/// `flightlog serve` on a fixed port (so the replicator finds it again
-/// after a restart). SIGKILL on drop.
-struct Node {
-    child: Child,
-    port: u16,
+/// The node, on a fixed port so that a restarted node is where the
+/// replicator left it (`common::ServeProcess::start_on`).
+fn start_node(data_dir: &Path, port: u16) -> ServeProcess {
+    ServeProcess::start_on(
+        data_dir,
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        &["--max-lag-ms", "100"],
+    )
 }
 
-impl Node {
-    fn start(data_dir: &Path, port: u16) -> Node {
-        for _ in 0..50 {
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(data_dir.with_extension("log"))
-                .expect("open the node log");
-            let mut child = Command::new(common::binary())
-                .args([
-                    "serve",
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                    "--data-dir",
-                ])
-                .arg(data_dir)
-                .args(["--max-lag-ms", "100"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(log)
-                .spawn()
-                .expect("spawn flightlog serve");
-            let stdout = child.stdout.take().expect("piped stdout");
-            let mut first = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut first);
-            if first.starts_with("flightlog listening") {
-                return Node { child, port };
-            }
-            // The port may still be held by the killed predecessor.
-            let _ = child.kill();
-            let _ = child.wait();
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "flightlog serve did not start on port {port}; log:\n{}",
-            std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default()
-        );
-    }
-
-    fn url(&self) -> String {
-        format!("grpc://127.0.0.1:{}", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn node_url(node: &ServeProcess) -> String {
+    format!("grpc://{}", node.addr)
 }
 
 /// `flightlog replicate`. SIGKILL on drop.
@@ -105,13 +58,13 @@ struct Replicator {
 }
 
 impl Replicator {
-    fn start(pg: &Postgres, node: &Node, slot: &str, dir: &Path) -> Replicator {
+    fn start(pg: &Postgres, node: &ServeProcess, slot: &str, dir: &Path) -> Replicator {
         Self::start_with(pg, node, slot, dir, &["--idle-confirm-ms", "0"])
     }
 
     fn start_with(
         pg: &Postgres,
-        node: &Node,
+        node: &ServeProcess,
         slot: &str,
         dir: &Path,
         extra: &[&str],
@@ -125,7 +78,7 @@ impl Replicator {
             .expect("open the replicator log");
         let child = Command::new(common::binary())
             .args(["replicate", "--postgres", &pg.url(), "--publication", "pub"])
-            .args(["--slot", slot, "--node", &node.url()])
+            .args(["--slot", slot, "--node", &node_url(node)])
             .args(["--durable-poll-ms", "50"])
             .args(extra)
             .args([
@@ -211,8 +164,8 @@ async fn slot_confirmed(pg: &tokio_postgres::Client, slot: &str) -> Option<u64> 
         .map(|t| parse_lsn(t).expect("an lsn"))
 }
 
-async fn node_numbers(node: &Node, origin: &str, path: &str) -> (Option<u64>, Option<u64>) {
-    let mut client = NodeClient::connect(&node.url().replace("grpc://", "http://"), origin)
+async fn node_numbers(node: &ServeProcess, origin: &str, path: &str) -> (Option<u64>, Option<u64>) {
+    let mut client = NodeClient::connect(&node_url(node).replace("grpc://", "http://"), origin)
         .await
         .expect("connect to the node");
     let numbers = client.probe(path).await.expect("probe");
@@ -225,7 +178,7 @@ async fn node_numbers(node: &Node, origin: &str, path: &str) -> (Option<u64>, Op
 /// Waits until the node reports `origin` durable at or past `lsn`, with
 /// the replicator still running.
 async fn wait_durable(
-    node: &Node,
+    node: &ServeProcess,
     replicator: &mut Replicator,
     origin: &str,
     path: &str,
@@ -431,7 +384,7 @@ async fn copy_while_writing_then_a_mixed_stream_matches_postgres_row_for_row() {
         .expect("other rows");
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("node");
-    let node = Node::start(&data_dir, free_port());
+    let node = start_node(&data_dir, free_port());
     let mut replicator = Replicator::start(&server, &node, "s_main", dir.path());
 
     // Writes while the copy runs: they land either in the snapshot or in
@@ -594,7 +547,7 @@ async fn a_column_of_an_unsupported_type_stops_the_replicator_naming_it() {
     .await
     .expect("schema");
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = Node::start(&dir.path().join("node"), free_port());
+    let node = start_node(&dir.path().join("node"), free_port());
     let mut replicator = Replicator::start(&server, &node, "s_type", dir.path());
     let status = replicator.child.wait().expect("the replicator exits");
     assert!(!status.success());
@@ -616,7 +569,7 @@ async fn an_idle_slot_moves_on_through_the_node_and_never_ahead_of_it() {
     .await
     .expect("schema");
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = Node::start(&dir.path().join("node"), free_port());
+    let node = start_node(&dir.path().join("node"), free_port());
     let mut replicator = Replicator::start_with(
         &server,
         &node,
@@ -689,7 +642,7 @@ async fn sigkill_of_node_or_replicator_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("node");
     let port = free_port();
-    let mut node = Node::start(&data_dir, port);
+    let mut node = start_node(&data_dir, port);
     let mut replicator = Replicator::start(&server, &node, "s_kill", dir.path());
 
     // A writer that never stops while the kills happen.
@@ -755,7 +708,7 @@ async fn sigkill_of_node_or_replicator_loses_and_doubles_nothing() {
         if round > 0 && rng.below(2) == 0 {
             eprintln!("round {round}: SIGKILL node");
             node.kill();
-            node = Node::start(&data_dir, port);
+            node = start_node(&data_dir, port);
         } else {
             eprintln!(
                 "round {round}: SIGKILL replicator (phase {})",
@@ -830,7 +783,7 @@ async fn replicate_figures() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().join("node");
-    let node = Node::start(&data_dir, free_port());
+    let node = start_node(&data_dir, free_port());
     let started = std::time::Instant::now();
     let mut replicator = Replicator::start(&server, &node, "s_bench", dir.path());
     let consistent = loop {
@@ -856,7 +809,7 @@ async fn replicate_figures() {
         Vec::<(std::time::Instant, u64)>::new(),
     ));
     let poller = {
-        let url = node.url().replace("grpc://", "http://");
+        let url = node_url(&node).replace("grpc://", "http://");
         let samples = Arc::clone(&samples);
         tokio::spawn(async move {
             let mut client = NodeClient::connect(&url, "s_bench").await.expect("connect");

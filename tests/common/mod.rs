@@ -387,6 +387,33 @@ impl ServeProcess {
         extra_args: &[&str],
         env: &[(&str, &str)],
     ) -> ServeProcess {
+        Self::try_spawn(wrapper, data_dir, "127.0.0.1:0", extra_args, env)
+            .unwrap_or_else(|problem| panic!("{problem}"))
+    }
+
+    /// Like [`ServeProcess::start`] on a fixed address `listen`, for clients
+    /// that must find a restarted node where it was (the replicator). Retries
+    /// while the port is still held, e.g. by a predecessor just killed.
+    pub fn start_on(data_dir: &Path, listen: SocketAddr, extra_args: &[&str]) -> ServeProcess {
+        let listen = listen.to_string();
+        let mut last = String::new();
+        for _ in 0..50 {
+            match Self::try_spawn(&[], data_dir, &listen, extra_args, &[]) {
+                Ok(node) => return node,
+                Err(problem) => last = problem,
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("flightlog serve did not start on {listen}: {last}");
+    }
+
+    fn try_spawn(
+        wrapper: &[&str],
+        data_dir: &Path,
+        listen: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<ServeProcess, String> {
         let log_path = data_dir.with_extension("stderr.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -402,7 +429,7 @@ impl ServeProcess {
             None => Command::new(binary()),
         };
         let mut child = command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra_args)
             .env_remove("FLIGHTLOG_FAILPOINT")
@@ -421,24 +448,24 @@ impl ServeProcess {
             for _ in lines {}
         });
         let line = match line_rx.recv_timeout(DEADLINE) {
-            Ok(Some(Ok(line))) => line,
+            Ok(Some(Ok(line))) if line.starts_with("flightlog listening on ") => line,
             other => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
+                return Err(format!(
                     "flightlog serve printed no start line ({other:?}); log:\n{}",
                     std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
+                ));
             }
         };
         let addr = parse_start_line(&line);
-        ServeProcess {
+        Ok(ServeProcess {
             child,
             addr,
             start_line: line,
             data_dir: data_dir.to_path_buf(),
             log_path,
-        }
+        })
     }
 
     /// The value of `key=` in the start line's recovery summary.
