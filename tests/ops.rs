@@ -232,7 +232,7 @@ async fn json_logs_keep_dependencies_info_lines_out() {
     }
 }
 
-/// `openssl req` for a CA, and a server certificate for 127.0.0.1 signed by it.
+/// `openssl req` for a CA, and a server (127.0.0.1) and a client certificate signed by it.
 fn make_certificates(dir: &std::path::Path) -> Result<(), String> {
     let run = |args: &[&str]| {
         run_bounded(
@@ -255,74 +255,46 @@ fn make_certificates(dir: &std::path::Path) -> Result<(), String> {
         "-subj",
         "/CN=flightlog test CA",
     ])?;
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
+    // One leaf certificate signed by the CA: `<name>.key`, `<name>.pem`.
+    let issue = |name: &str, subject: &str, extensions: &str| {
+        let (key, csr, ext, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.ext"),
+            format!("{name}.pem"),
+        );
+        run(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", subject,
+        ])?;
+        std::fs::write(dir.join(&ext), extensions).map_err(|e| e.to_string())?;
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ])
+    };
+    issue(
+        "server",
         "/CN=127.0.0.1",
-    ])?;
-    std::fs::write(
-        dir.join("server.ext"),
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .map_err(|e| e.to_string())?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-    ])?;
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "client.key",
-        "-out",
-        "client.csr",
-        "-subj",
+    )?;
+    issue(
+        "client",
         "/CN=flightlog test client",
-    ])?;
-    std::fs::write(
-        dir.join("client.ext"),
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
     )
-    .map_err(|e| e.to_string())?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "client.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "client.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "client.ext",
-    ])
 }
 
 // terminate() blocks a thread; the client needs another to close.
