@@ -287,24 +287,36 @@ impl Pending {
     }
 
     /// The next flush of `table`: whole transactions in commit order, below
-    /// every commit reservation, until `bytes_max` is reached (at least one
-    /// transaction, however large). `None` when nothing is flushable.
+    /// every commit reservation, as many as fit in `bytes_max` (at least
+    /// one, however large: only a batch of one transaction exceeds it).
+    /// `None` when nothing is flushable.
     pub fn flushable(&self, table: &TableId, bytes_max: u64) -> Option<FlushBatch> {
         let state = self.lock();
         let floor = state.commit_floor();
         let pending = state.tables.get(table)?;
         let mut frames: Vec<PendingFrame> = Vec::new();
-        let mut bytes = 0;
-        for ((commit, _), frame) in &pending.frames {
-            if floor.is_some_and(|floor| *commit >= floor) {
+        let mut bytes = 0u64;
+        // The transaction being gathered: its frames are contiguous in
+        // (commit, Lsn) order.
+        let mut transaction: Vec<PendingFrame> = Vec::new();
+        let mut transaction_bytes = 0u64;
+        let mut entries = pending
+            .frames
+            .iter()
+            .take_while(|((commit, _), _)| floor.is_none_or(|floor| *commit < floor))
+            .peekable();
+        while let Some(((commit, _), frame)) = entries.next() {
+            transaction_bytes += frame.frame.bytes;
+            transaction.push(frame.clone());
+            if entries.peek().is_some_and(|((next, _), _)| next == commit) {
+                continue;
+            }
+            if !frames.is_empty() && bytes.saturating_add(transaction_bytes) > bytes_max {
                 break;
             }
-            let new_transaction = frames.last().is_none_or(|last| last.commit != *commit);
-            if new_transaction && bytes >= bytes_max && !frames.is_empty() {
-                break;
-            }
-            bytes += frame.frame.bytes;
-            frames.push(frame.clone());
+            bytes += transaction_bytes;
+            frames.append(&mut transaction);
+            transaction_bytes = 0;
         }
         let last_commit = frames.last()?.commit;
         let mut origins: Vec<(Origin, u64)> = Vec::new();
@@ -633,7 +645,11 @@ mod tests {
         let batch = pending.flushable(&table("t"), u64::MAX).unwrap();
         assert_eq!(lsns(&batch), vec![(2, 2), (4, 1), (4, 3)]);
         assert_eq!(batch.last_commit, Lsn(4));
-        // A budget smaller than one transaction still takes one whole.
+        // A cap smaller than one transaction still takes one whole, and
+        // never a second one past the cap.
+        let one = batch.frames[0].frame.bytes;
+        let batch = pending.flushable(&table("t"), one).unwrap();
+        assert_eq!(lsns(&batch), vec![(2, 2)]);
         let batch = pending.flushable(&table("t"), 1).unwrap();
         assert_eq!(lsns(&batch), vec![(2, 2)]);
         pending.mark_applied(&table("t"), Lsn(2));
