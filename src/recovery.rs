@@ -127,6 +127,9 @@ impl Node {
                 }
             }
         }
+        // Indexed: the frame's pages need not stay resident (a large backlog
+        // would otherwise be all in memory once recovery has read it).
+        view.release();
         let origin = Origin::new(&command.origin);
         let state = replay.origins.entry(origin.clone()).or_default();
         let info = FrameInfo {

@@ -347,6 +347,13 @@ impl FrameView {
     pub fn payload(&self) -> &[u8] {
         &self.bytes[self.payload_start..self.payload_end]
     }
+
+    /// The reader is done with this frame: its pages of the segment's
+    /// mapping leave the process's resident memory (see
+    /// [`storage::MappedBytes::release`]); the view stays readable.
+    pub fn release(&self) {
+        self.bytes.release(self.payload_start..self.payload_end);
+    }
 }
 
 impl fmt::Debug for FrameView {

@@ -192,6 +192,9 @@ fn scan_segment(
                         len: frame.len,
                     },
                 });
+                // Verified: its pages need not stay resident while the rest
+                // of the WAL is scanned.
+                bytes.release(offset..offset + frame.len as usize);
                 offset += frame.len as usize;
                 expected = Lsn(expected.0 + 1);
             }

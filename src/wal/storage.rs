@@ -14,7 +14,19 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Read-only bytes of a whole file: an mmap for [`FsStorage`].
-pub type FileBytes = Arc<dyn Deref<Target = [u8]> + Send + Sync>;
+pub type FileBytes = Arc<dyn MappedBytes>;
+
+/// The bytes of a [`Storage::map`].
+pub trait MappedBytes: Deref<Target = [u8]> + Send + Sync {
+    /// Says that `range` will not be read again soon: a mapping drops those
+    /// pages from the process (they stay in the page cache and are read
+    /// back on the next access), so a reader that walks through a large
+    /// file does not keep all of it resident. The bytes stay readable and
+    /// unchanged. Best effort; a no-op for bytes in memory.
+    fn release(&self, _range: std::ops::Range<usize>) {}
+}
+
+impl MappedBytes for Vec<u8> {}
 
 /// A directory of files with explicit durability.
 ///
@@ -88,6 +100,32 @@ impl Deref for Mapped {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         &self.0
+    }
+}
+
+impl MappedBytes for Mapped {
+    fn release(&self, range: std::ops::Range<usize>) {
+        // Whole pages inside the range only: a page it shares with a
+        // neighbour may still be wanted.
+        const PAGE: usize = 4096;
+        let start = range.start.div_ceil(PAGE) * PAGE;
+        let end = (range.end.min(self.0.len()) / PAGE) * PAGE;
+        if start >= end {
+            return;
+        }
+        // SAFETY: MADV_DONTNEED on a read-only shared file mapping only
+        // drops this process's page table entries; the next access reads
+        // the same bytes from the page cache or the file (which, as `map`
+        // says, do not change under a reader). No reference into the range
+        // is invalidated.
+        #[allow(unsafe_code)]
+        let result = unsafe {
+            self.0
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "madvise(DONTNEED) of a WAL mapping failed; pages stay resident");
+        }
     }
 }
 
