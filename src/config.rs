@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// Most tables flushed at the same time [default: 2 x the cores].
     #[arg(long, env = "FLIGHTLOG_FLUSH_CONCURRENCY")]
     pub flush_concurrency: Option<usize>,
+    /// Most bytes all running flushes together hold decoded (frames read
+    /// back, their squash, Parquet being encoded); a flush waits for room
+    /// [default: 1 GiB].
+    #[arg(long, env = "FLIGHTLOG_MEMORY_BUDGET")]
+    pub memory_budget: Option<u64>,
     /// Address of the HTTP endpoints /metrics, /healthz, /readyz [default: off].
     #[arg(long, env = "FLIGHTLOG_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
@@ -162,6 +167,7 @@ struct FileConfig {
     segment_bytes: Option<u64>,
     segment_init: Option<SegmentInit>,
     flush_concurrency: Option<usize>,
+    memory_budget: Option<u64>,
     http_listen: Option<SocketAddr>,
     log_format: Option<LogFormat>,
     tls_cert: Option<PathBuf>,
@@ -196,6 +202,8 @@ pub struct Config {
     pub wal: WalConfig,
     /// Most tables flushed at the same time (at least 1).
     pub flush_concurrency: usize,
+    /// Most bytes the running flushes hold decoded, together.
+    pub memory_budget: u64,
     pub ops: OpsConfig,
 }
 
@@ -326,6 +334,7 @@ impl Config {
                 .unwrap_or_else(|| {
                     2 * std::thread::available_parallelism().map_or(1, |cores| cores.get())
                 }),
+            memory_budget: args.memory_budget.or(file.memory_budget).unwrap_or(1 << 30),
             ops: OpsConfig {
                 http_listen: args.http_listen.or(file.http_listen),
                 log_format: args.log_format.or(file.log_format).unwrap_or_default(),
@@ -372,6 +381,9 @@ impl Config {
         }
         if self.flush_concurrency == 0 {
             return invalid("flush_concurrency", "must be at least 1");
+        }
+        if self.memory_budget < crate::flush::memory::MEMORY_BUDGET_MIN {
+            return invalid("memory_budget", "must be at least 4 MiB");
         }
         if self.ops.tls_cert.is_some() != self.ops.tls_key.is_some() {
             return invalid("tls_cert", "--tls-cert and --tls-key go together");

@@ -140,6 +140,9 @@ fn prepare(
 }
 
 fn run_serve(args: ServeArgs) -> ExitCode {
+    flightlog::flush::memory::tune_allocator(
+        std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+    );
     let (config, runtime) = match prepare("flightlog serve", args, true) {
         Ok(prepared) => prepared,
         Err(code) => return code,

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::admission::{Admission, AdmissionConfig};
 use crate::config::Config;
 use crate::error::NodeError;
-use crate::flush::{FlushConfig, FlushContext, FlushMetrics};
+use crate::flush::{FlushConfig, FlushContext, FlushMetrics, MemoryBudget};
 use crate::identity::{Origin, StoreRoot, StoreScheme};
 use crate::pending::Pending;
 use crate::sync::origins::{write_abort, Origins};
@@ -58,6 +58,8 @@ pub struct Node {
     pub(crate) shutting_down: AtomicBool,
     pub(crate) flush_metrics: Arc<FlushMetrics>,
     pub(crate) put_metrics: PutMetrics,
+    /// `--memory-budget`, shared by every flush of this node.
+    pub(crate) flush_memory: Arc<MemoryBudget>,
 }
 
 impl Node {
@@ -68,6 +70,7 @@ impl Node {
     pub async fn open(config: Config) -> Result<(Arc<Node>, StartState), NodeError> {
         let (wal, recovery) = Wal::open_dir(config.wal_dir(), config.wal.clone())?;
         let admission = Admission::new(admission_config(&config)?);
+        let flush_memory = MemoryBudget::new(config.memory_budget);
         let node = Arc::new(Node {
             config,
             wal,
@@ -76,6 +79,7 @@ impl Node {
             admission,
             shutting_down: AtomicBool::new(false),
             flush_metrics: Arc::default(),
+            flush_memory,
             put_metrics: PutMetrics::default(),
         });
         let mut state = node.recover(recovery).await?;
@@ -104,6 +108,7 @@ impl Node {
             wal: self.wal.clone(),
             config: FlushConfig::from(&self.config),
             metrics: self.flush_metrics.clone(),
+            memory: self.flush_memory.clone(),
         }
     }
 

@@ -17,6 +17,7 @@
 //! discard-table` is the way out when the table cannot be mended.
 
 pub mod checkpoint;
+pub mod memory;
 pub mod table;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use crate::pending::{DuePolicy, Pending, Quarantine};
 use crate::wal::Wal;
 
 pub use checkpoint::checkpoint_and_truncate;
+pub use memory::MemoryBudget;
 pub use table::{flush_table, FlushError, FlushErrorKind};
 
 /// At most one checkpoint (with its store sync and WAL truncation) per
@@ -51,8 +53,11 @@ const VACUUM_INTERVAL: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone)]
 pub struct FlushConfig {
     pub due: DuePolicy,
-    /// Most pending bytes one flush reads (at least one whole transaction).
+    /// Most pending bytes one flush reads (at least one whole transaction);
+    /// at most the memory budget's read cap.
     pub flush_bytes_max: u64,
+    /// `--memory-budget`: what the running flushes hold decoded, together.
+    pub memory_budget: u64,
     /// Consecutive failures before quarantine, when the error is permanent.
     pub quarantine_after_permanent: u32,
     /// Consecutive failures before quarantine, when it may be transient.
@@ -73,7 +78,12 @@ impl From<&Config> for FlushConfig {
                 table_flush_bytes: config.table_flush_bytes,
                 low_watermark_bytes: config.pending_bytes_low_watermark,
             },
-            flush_bytes_max: config.table_flush_bytes.max(64 << 20),
+            flush_bytes_max: config
+                .table_flush_bytes
+                .max(64 << 20)
+                .min(config.memory_budget / memory::DECODED_PER_WAL_BYTE)
+                .max(1),
+            memory_budget: config.memory_budget,
             quarantine_after_permanent: config.quarantine_after_failures.clamp(1, 3),
             quarantine_after_transient: config.quarantine_after_failures,
             quarantine_retry: Duration::from_millis(config.quarantine_retry_ms),
@@ -101,6 +111,8 @@ pub struct FlushContext {
     pub wal: Wal,
     pub config: FlushConfig,
     pub metrics: Arc<FlushMetrics>,
+    /// Shared by every flush started from this context (and its clones).
+    pub memory: Arc<MemoryBudget>,
 }
 
 /// Counters of the flush scheduler.
@@ -205,8 +217,16 @@ async fn run(context: FlushContext, mut stopped: watch::Receiver<bool>) {
             let task_table = table.clone();
             let handle = running.spawn(async move {
                 let result = flush_table(&task_context, &task_table).await;
+                // What the flush decoded is free now: give it back, so RSS
+                // stays near the memory budget between flushes.
+                let _ = tokio::task::spawn_blocking(memory::trim_allocator).await;
                 if let (Ok(_), Some(vacuum)) = (&result, maintenance) {
+                    // Compaction's memory follows the table's files, not the
+                    // WAL: it runs with the whole budget, beside no flush.
+                    let reservation = task_context.memory.reserve_all().await;
                     maintain_logged(&task_context, &task_table, vacuum).await;
+                    drop(reservation);
+                    let _ = tokio::task::spawn_blocking(memory::trim_allocator).await;
                 }
                 (task_table, result)
             });

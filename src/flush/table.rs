@@ -96,6 +96,14 @@ pub async fn flush_table(context: &FlushContext, table: &TableId) -> Result<bool
     else {
         return Ok(false);
     };
+    // The decoded form of these frames, and what merging them holds, comes
+    // out of the memory budget; wait while other flushes hold it.
+    let wal_bytes: u64 = batch.frames.iter().map(|f| f.frame.bytes).sum();
+    let one_transaction = batch.frames.first().map(|f| f.commit) == Some(batch.last_commit);
+    if one_transaction && wal_bytes > context.memory.read_bytes_max() {
+        tracing::warn!(%table, wal_bytes, memory_budget = context.memory.bytes(), "one transaction is larger than a flush may read under --memory-budget; it is flushed alone and can take the node past the budget");
+    }
+    let _reservation = context.memory.reserve(wal_bytes).await;
     let lake_error = |source| FlushError::Lake {
         table: table.clone(),
         source,
@@ -199,6 +207,8 @@ fn read_frames(
             lsn,
             source,
         })?;
+        // Decoded into owned batches: the mapping's pages can go.
+        view.release();
         let stored_type = |(column, problem)| FlushError::StoredType {
             table: table.clone(),
             lsn,

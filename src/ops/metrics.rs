@@ -147,6 +147,38 @@ fn histogram(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
+/// The flush memory budget: its size, what is reserved now, waits, and
+/// flushes of transactions larger than it lets one flush read.
+fn memory_budget(
+    encoder: &mut DescriptorEncoder,
+    memory: &crate::flush::MemoryBudget,
+) -> Result<(), std::fmt::Error> {
+    gauge(
+        encoder,
+        "flightlog_flush_memory_budget_bytes",
+        "--memory-budget: most bytes the running flushes hold decoded, together",
+        memory.bytes(),
+    )?;
+    gauge(
+        encoder,
+        "flightlog_flush_memory_reserved_bytes",
+        "Bytes of the memory budget the running flushes reserved",
+        memory.reserved(),
+    )?;
+    counter(
+        encoder,
+        "flightlog_flush_memory_waits",
+        "Flushes that waited for room in the memory budget",
+        memory.waits(),
+    )?;
+    counter(
+        encoder,
+        "flightlog_flush_memory_oversized",
+        "Flushes of one transaction larger than the budget lets a flush read (each ran alone)",
+        memory.oversized(),
+    )
+}
+
 /// One labelled family of whole-number values of one type.
 fn family<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
@@ -317,6 +349,7 @@ impl Collector for NodeCollector {
             "Duration of one table's flush (read back, merge, commit)",
             &flush.flush_seconds,
         )?;
+        memory_budget(e, &node.flush_memory)?;
         counter(
             e,
             "flightlog_flush_quarantines",
