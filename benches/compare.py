@@ -376,6 +376,146 @@ def many_tables(binary, endpoint, concurrency, tables):
     return {"single_s": single, "all_s": everything}
 
 
+# ---------------------------------------------------------------- memory
+
+def process_memory(pid):
+    """VmRSS, VmHWM (peak RSS), RssAnon and RssFile of `pid` in bytes, from /proc."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                fields[key] = int(value.split()[0]) * 1024
+    return fields
+
+
+def backlog_batches(table_index, rows, start):
+    """`rows` sync rows for table `table_index`: tables 0-2 get fresh keys
+    (insert-only flushes), table 3 the same 20k keys again and again
+    (same-key updates: the general squash path)."""
+    import pyarrow as pa
+    if table_index == 3:
+        ids = pa.array([i % 20_000 for i in range(start, start + rows)], pa.int64())
+        old = ids
+    else:
+        ids = pa.array(range(start, start + rows), pa.int64())
+        old = pa.nulls(rows, pa.int64())
+    names = pa.array([f"name-{i % 1000:06}" for i in range(rows)], pa.utf8())
+    amounts = pa.array([float(i) for i in range(rows)], pa.float64())
+    schema = pa.schema([("old_id", pa.int64()), ("new_id", pa.int64()),
+                        ("name", pa.utf8()), ("amount", pa.float64())])
+    return pa.record_batch([old, ids, names, amounts], schema=schema)
+
+
+def memory_case(binary, budget, factor, extra):
+    """Peak RSS while `factor` x `budget` bytes of pending WAL data drain.
+
+    1. Idle: a fresh node, a 10-row insert and then an update of those rows
+       made durable, with maintenance after each flush (so the flush, merge
+       and compaction code has run once); its VmRSS is the idle RSS.
+    2. Backlog: a node that never flushes (`--max-lag-ms` of an hour, no
+       size or watermark trigger) takes 4 tables' transactions of ~1 MiB
+       until its WAL holds `factor` x `budget` bytes; then SIGKILL.
+    3. Drain: a node on that data dir with `--memory-budget budget` (when the
+       binary has the flag) recovers and flushes everything; its VmRSS is
+       sampled every 5 ms until every origin is durable, and VmHWM read at
+       the end (it includes recovery).
+    """
+    huge = str(1 << 50)
+    idle_dir = os.path.join(WORK, "flightlog-memory-idle")
+    shutil.rmtree(idle_dir, ignore_errors=True)
+    node = FlightlogNode(binary, idle_dir, ["--max-lag-ms", "10", "--checkpoint-interval-commits",
+                                            "1", *extra])
+    try:
+        # The code paths the drain runs, on a tiny table: insert-only and
+        # update flushes, then maintenance after each (so their code pages
+        # count as the binary's, not as the backlog's).
+        put(node, "memory/idle", "idle", 1, [small_batch(0)])
+        wait_durable(node, "idle", 1)
+        updates = small_batch(0)
+        updates = updates.set_column(0, "old_id", updates.column(1))
+        put(node, "memory/idle", "idle", 2, [updates])
+        wait_durable(node, "idle", 2)
+        time.sleep(1.0)
+        idle = process_memory(node.process.pid)
+        idle_rss, idle_hwm = idle["VmRSS"], idle["VmHWM"]
+    finally:
+        node.stop()
+        shutil.rmtree(idle_dir, ignore_errors=True)
+
+    data_dir = os.path.join(WORK, "flightlog-memory")
+    shutil.rmtree(data_dir, ignore_errors=True)
+    node = FlightlogNode(binary, data_dir, [
+        "--max-lag-ms", "3600000", "--table-flush-bytes", huge,
+        "--pending-bytes-low-watermark", huge, "--pending-bytes-high-watermark", huge, *extra])
+    rows_per_txn = 30_000  # ~1 MiB of Arrow data (and of WAL) per transaction
+    sequence = 0
+    backlog = 0
+    try:
+        while backlog < budget * factor:
+            for table in range(4):
+                sequence += 1
+                batch = backlog_batches(table, rows_per_txn, sequence * rows_per_txn)
+                answer = put(node, f"memory/t{table}", f"o{table}", sequence, [batch])
+                assert answer["accepted"], answer
+                backlog += batch.nbytes
+    finally:
+        node.process.kill()
+        node.process.wait()
+        node.log.close()
+
+    help_text = subprocess.run([binary, "serve", "--help"], capture_output=True, text=True).stdout
+    flags = ["--max-lag-ms", "10", *extra]
+    if "--memory-budget" in help_text:
+        flags += ["--memory-budget", str(budget)]
+    import threading
+    samples = []
+    stop = threading.Event()
+    started = time.perf_counter()
+    node = FlightlogNode(binary, data_dir, flags)
+    pid = node.process.pid
+
+    def sample():
+        while not stop.is_set():
+            try:
+                samples.append(process_memory(pid))
+            except OSError:
+                return
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        last = {f"o{t}": max(s for s in range(1, sequence + 1) if (s - 1) % 4 == t)
+                for t in range(4)}
+        for origin, seq in last.items():
+            wait_durable(node, origin, seq)
+        drained = time.perf_counter() - started
+        stop.set()
+        sampler.join()
+        hwm = process_memory(pid)["VmHWM"]
+    finally:
+        stop.set()
+        node.stop()
+    commits = flush_log_summary(node.log_path)
+    top = max(samples, key=lambda m: m.get("VmRSS", 0)) if samples else {}
+    peak = top.get("VmRSS", 0)
+    result = {"budget": budget, "backlog": backlog, "idle_rss": idle_rss, "idle_hwm": idle_hwm,
+              "peak_rss": peak, "hwm": hwm, "drain_s": drained, "commits": len(commits),
+              "has_flag": "--memory-budget" in help_text}
+    mib = 1 << 20
+    print(f"memory: budget {budget / mib:.0f} MiB, backlog {backlog / mib:.0f} MiB of Arrow data in "
+          f"{sequence} transactions over 4 tables, drained in {drained:.1f} s by {len(commits)} "
+          f"commits{'' if result['has_flag'] else ' (binary has no --memory-budget)'}; idle RSS "
+          f"{idle_rss / mib:.0f} MiB (anon {idle['RssAnon'] / mib:.0f}, file {idle['RssFile'] / mib:.0f}); "
+          f"peak RSS while draining {peak / mib:.0f} MiB (anon {top.get('RssAnon', 0) / mib:.0f}, "
+          f"file {top.get('RssFile', 0) / mib:.0f}; sampled every "
+          f"5 ms), VmHWM {hwm / mib:.0f} MiB (includes recovery); "
+          f"(peak - idle) / budget = {(peak - idle_rss) / budget:.2f}", flush=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return result
+
+
 # ---------------------------------------------------------------- main
 
 def release_binary():
@@ -388,7 +528,9 @@ def release_binary():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="fio,ack,lake,tables")
+    parser.add_argument("--only", default="fio,ack,lake,tables,memory")
+    parser.add_argument("--memory-budget", type=int, default=32 << 20,
+                        help="bytes; the memory case drains 10 x this much WAL")
     parser.add_argument("--tables", type=int, default=100)
     parser.add_argument("--clients", default="1,4,16,64")
     parser.add_argument("--ack-seconds", type=int, default=3)
@@ -442,6 +584,11 @@ def main():
                 moto.kill()
                 moto.wait()
 
+    memory = None
+    if "memory" in only:
+        memory = memory_case(args.binary or release_binary(), args.memory_budget, 10,
+                             args.serve_arg)
+
     print()
     print("| measure | flightlog | reference | ratio | goal |")
     print("|---|---|---|---|---|")
@@ -480,6 +627,14 @@ def main():
               f"{setting}: first put -> all durable | {row['all_s']:.2f} s | "
               f"one table put -> durable {row['single_s'] * 1e3:.0f} ms | "
               f"**{row['all_s'] / row['single_s']:.1f}x** | |")
+    if memory:
+        mib = 1 << 20
+        print(f"| peak RSS while {memory['backlog'] / mib:.0f} MiB of pending WAL drains, "
+              f"--memory-budget {memory['budget'] / mib:.0f} MiB | {memory['peak_rss'] / mib:.0f} MiB "
+              f"(VmHWM {memory['hwm'] / mib:.0f}) | budget + idle RSS "
+              f"{(memory['budget'] + memory['idle_rss']) / mib:.0f} MiB | "
+              f"**{(memory['peak_rss'] - memory['idle_rss']) / memory['budget']:.2f}** x budget "
+              f"above idle | <= 1.2 |")
 
 
 if __name__ == "__main__":
