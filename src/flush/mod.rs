@@ -54,10 +54,8 @@ const VACUUM_INTERVAL: Duration = Duration::from_secs(3600);
 pub struct FlushConfig {
     pub due: DuePolicy,
     /// Most pending bytes one flush reads (at least one whole transaction);
-    /// at most the memory budget's read cap.
+    /// the memory budget may cap it further ([`MemoryBudget::read_bytes_max`]).
     pub flush_bytes_max: u64,
-    /// `--memory-budget`: what the running flushes hold decoded, together.
-    pub memory_budget: u64,
     /// Consecutive failures before quarantine, when the error is permanent.
     pub quarantine_after_permanent: u32,
     /// Consecutive failures before quarantine, when it may be transient.
@@ -78,12 +76,7 @@ impl From<&Config> for FlushConfig {
                 table_flush_bytes: config.table_flush_bytes,
                 low_watermark_bytes: config.pending_bytes_low_watermark,
             },
-            flush_bytes_max: config
-                .table_flush_bytes
-                .max(64 << 20)
-                .min(config.memory_budget / memory::DECODED_PER_WAL_BYTE)
-                .max(1),
-            memory_budget: config.memory_budget,
+            flush_bytes_max: config.table_flush_bytes.max(64 << 20),
             quarantine_after_permanent: config.quarantine_after_failures.clamp(1, 3),
             quarantine_after_transient: config.quarantine_after_failures,
             quarantine_retry: Duration::from_millis(config.quarantine_retry_ms),

@@ -90,10 +90,13 @@ impl FlushError {
 /// Flushes the next whole transactions of `table`. Returns whether anything
 /// changed (a commit, or frames found already applied).
 pub async fn flush_table(context: &FlushContext, table: &TableId) -> Result<bool, FlushError> {
-    let Some(batch) = context
-        .pending
-        .flushable(table, context.config.flush_bytes_max)
-    else {
+    let Some(batch) = context.pending.flushable(
+        table,
+        context
+            .config
+            .flush_bytes_max
+            .min(context.memory.read_bytes_max()),
+    ) else {
         return Ok(false);
     };
     // The decoded form of these frames, and what merging them holds, comes
