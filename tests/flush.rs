@@ -1010,18 +1010,9 @@ async fn memory_stays_bounded_while_pending_bytes_exceed_the_low_watermark() {
         }
     }
     // Memory pressure flushes while the puts go on; the tail by lag.
-    let started = Instant::now();
-    loop {
-        let response = client.probe("pg").await;
-        let now = node.rss_kib();
-        if now.total > peak.total {
-            peak = now;
-        }
-        if response.durable_sequence_number == Some(transactions) {
-            break;
-        }
-        assert!(started.elapsed() < DEADLINE, "{response:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let drained = drain_watching_rss(&node, &mut client, "pg", transactions).await;
+    if drained.total > peak.total {
+        peak = drained;
     }
     let end = node.rss_kib();
     println!(
@@ -1036,6 +1027,34 @@ async fn memory_stays_bounded_while_pending_bytes_exceed_the_low_watermark() {
     );
     // A loose sanity bound, not a measurement.
     assert!(peak.total < 2 << 20, "peak RSS {} KiB", peak.total);
+}
+
+/// Probes `origin` until its durable sequence is `sequence`, sampling the
+/// node's RSS at each probe; returns the largest sample.
+async fn drain_watching_rss(
+    node: &ServeProcess,
+    client: &mut Client,
+    origin: &str,
+    sequence: u64,
+) -> common::Rss {
+    let mut peak = node.rss_kib();
+    let started = Instant::now();
+    loop {
+        let response = client.probe(origin).await;
+        let now = node.rss_kib();
+        if now.total > peak.total {
+            peak = now;
+        }
+        if response.durable_sequence_number == Some(sequence) {
+            return peak;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "{response:?}; log:\n{}",
+            node.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 /// Commits of the table at `log` that carry flightlog's
@@ -1122,24 +1141,7 @@ async fn a_backlog_of_ten_times_the_memory_budget_drains_in_bounded_flushes() {
             .arg("--memory-budget", budget),
     );
     let mut client = node.sync_client().await;
-    let mut peak = node.rss_kib();
-    let started = Instant::now();
-    loop {
-        let response = client.probe("pg").await;
-        let now = node.rss_kib();
-        if now.total > peak.total {
-            peak = now;
-        }
-        if response.durable_sequence_number == Some(sequence) {
-            break;
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "{response:?}; log:\n{}",
-            node.log_text()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let peak = drain_watching_rss(&node, &mut client, "pg", sequence).await;
     let log = node.log_text();
     assert!(!log.contains("larger than a flush may read"), "{log}");
     let mut commits = Vec::new();
