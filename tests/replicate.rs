@@ -11,7 +11,8 @@
 //! of 100k rows; ADD COLUMN mid-stream; TRUNCATE and a table without a key
 //! refused by name; SIGKILL of the node and of the replicator at seeded
 //! moments, after which the tables still equal Postgres and the slot's
-//! confirmed_flush_lsn never passed what the node made durable.
+//! confirmed_flush_lsn never passed what the node made durable; the
+//! `--metrics-listen` endpoint's numbers against what the test did.
 //! `FLIGHTLOG_REPLICATE_KILLS=N` lengthens the kill loop (default 4).
 
 mod common;
@@ -27,7 +28,7 @@ use arrow::compute::concat_batches;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 
 use common::postgres::{free_port, Postgres};
-use common::ServeProcess;
+use common::{http_get, sample, ServeProcess};
 use flightlog::replicate::node_client::NodeClient;
 use flightlog::replicate::source::{parse_lsn, publication_tables};
 use flightlog::replicate::types::{ColumnBuilder, PgType};
@@ -534,6 +535,157 @@ async fn copy_while_writing_then_a_mixed_stream_matches_postgres_row_for_row() {
         log.contains("public.nokey") && log.contains("TRUNCATE"),
         "{log}"
     );
+}
+
+/// `GET /metrics` of a replicator's `--metrics-listen` endpoint.
+fn scrape(address: SocketAddr) -> String {
+    let (status, text) = http_get(address, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    text
+}
+
+/// Polls the replicator's metrics until `done` holds for them (from the
+/// log line that says the endpoint is bound).
+async fn wait_metrics(
+    replicator: &mut Replicator,
+    address: SocketAddr,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        replicator.assert_running();
+        if !replicator
+            .log_text()
+            .contains("metrics endpoint GET /metrics")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the metrics endpoint never started; log:\n{}",
+                replicator.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        let text = scrape(address);
+        if done(&text) {
+            return text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}; metrics:\n{text}\nlog:\n{}",
+            replicator.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_counts_what_was_copied_streamed_refused_and_confirmed() {
+    let server = Postgres::start(&[]);
+    let pg = server.client().await;
+    pg.batch_execute(
+        "CREATE TABLE m_items (id int8 PRIMARY KEY, name text); \
+         CREATE TABLE m_trunc (id int4 PRIMARY KEY); CREATE TABLE m_nokey (x int4); \
+         INSERT INTO m_items SELECT g, 'n' || g FROM generate_series(1, 5000) g; \
+         INSERT INTO m_trunc VALUES (1); \
+         CREATE PUBLICATION pub FOR TABLE m_items, m_trunc, m_nokey",
+    )
+    .await
+    .expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("node");
+    let node = start_node(&data_dir, free_port());
+    let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut replicator = Replicator::start_with(
+        &server,
+        &node,
+        "s_metrics",
+        dir.path(),
+        &[
+            "--idle-confirm-ms",
+            "0",
+            "--metrics-listen",
+            &address.to_string(),
+        ],
+    );
+    let copied = r#"flightlog_replicate_copy_rows_total{schema="public",table="m_items"}"#;
+    let text = wait_metrics(&mut replicator, address, "the copy", |text| {
+        sample(text, r#"flightlog_replicate_phase{phase="streaming"}"#) == Some(1.0)
+    })
+    .await;
+    assert_eq!(sample(&text, copied), Some(5000.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"flightlog_replicate_copy_rows_total{schema="public",table="m_trunc"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"flightlog_replicate_phase{phase="copy"}"#),
+        Some(0.0)
+    );
+
+    // 4 transactions: 17 changes carried, one refused, one TRUNCATE.
+    transaction(
+        &pg,
+        "INSERT INTO m_items SELECT g, 'new' FROM generate_series(5001, 5010) g",
+    )
+    .await;
+    transaction(
+        &pg,
+        "UPDATE m_items SET name = 'u' WHERE id <= 5; DELETE FROM m_items WHERE id IN (6, 7)",
+    )
+    .await;
+    transaction(&pg, "INSERT INTO m_nokey VALUES (1)").await;
+    let last = transaction(&pg, "TRUNCATE m_trunc").await;
+    wait_durable(&node, &mut replicator, "s_metrics", "public/m_items", last).await;
+    let (memory, durable) = node_numbers(&node, "s_metrics", "public/m_items").await;
+    let memory = memory.expect("a memory sequence") as f64;
+    // Idle and durable: confirmed to Postgres, and no lag left.
+    let text = wait_metrics(&mut replicator, address, "confirmed and no lag", |text| {
+        sample(text, "flightlog_replicate_confirmed_lsn") == Some(memory)
+            && sample(text, "flightlog_replicate_lag_bytes") == Some(0.0)
+    })
+    .await;
+    let value = |name: &str| sample(&text, name).unwrap_or_else(|| panic!("{name} in\n{text}"));
+    assert_eq!(value("flightlog_replicate_transactions_total"), 4.0);
+    assert_eq!(value("flightlog_replicate_transactions_skipped_total"), 0.0);
+    assert_eq!(value("flightlog_replicate_changes_total"), 17.0);
+    assert_eq!(value("flightlog_replicate_last_commit_lsn"), memory);
+    assert!(value("flightlog_replicate_last_commit_lsn") >= last as f64);
+    assert_eq!(value("flightlog_replicate_node_memory_sequence"), memory);
+    assert_eq!(value("flightlog_replicate_node_durable_sequence"), memory);
+    assert!(durable >= Some(last));
+    assert_eq!(value("flightlog_replicate_lag_seconds"), 0.0);
+    assert_eq!(
+        value(r#"flightlog_replicate_refused_changes_total{table="public.m_nokey"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"flightlog_replicate_truncates_refused_total{table="public.m_trunc"}"#),
+        1.0
+    );
+    assert_eq!(value("flightlog_replicate_sessions_total"), 1.0);
+    assert_eq!(value("flightlog_replicate_reconnects_total"), 0.0);
+    // The slot reaches the confirmed position the metrics show (with the
+    // next standby status update), and not beyond.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let confirmed = slot_confirmed(&pg, "s_metrics").await.map(|lsn| lsn as f64);
+        assert!(confirmed <= Some(memory), "{confirmed:?} passed {memory}");
+        if confirmed == Some(memory) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slot at {confirmed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_same(&pg, &data_dir, "public", "m_items").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,6 +21,7 @@
 //! - Transactions whose commit LSN is at or below `memory` are already in
 //!   the node and are skipped when Postgres sends them again.
 
+pub mod metrics;
 pub mod node_client;
 pub mod pgoutput;
 pub mod rows;
@@ -28,8 +29,9 @@ pub mod source;
 pub mod types;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
@@ -96,6 +98,10 @@ pub struct ReplicateArgs {
     /// Write the progress numbers as JSON to this file (replaced atomically).
     #[arg(long)]
     pub status_file: Option<PathBuf>,
+    /// Serve the progress numbers as Prometheus metrics (`GET /metrics`)
+    /// on this address, e.g. 127.0.0.1:9465 [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Rows per Arrow batch.
     #[arg(long, default_value_t = 8_192)]
     pub batch_rows: usize,
@@ -136,6 +142,11 @@ pub enum ReplicateError {
     Decode(#[from] DecodeError),
     #[error("slot {slot}: {reason}")]
     Slot { slot: String, reason: String },
+    #[error("--metrics-listen {address}: {source}")]
+    MetricsListen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl ReplicateError {
@@ -152,26 +163,63 @@ fn stream_error(error: pgwire_replication::PgWireError) -> ReplicateError {
     ReplicateError::Stream(error.to_string())
 }
 
-/// The progress numbers (log line, status file).
+/// The progress numbers (log line, status file, metrics). Tables are
+/// named `schema.table`; LSNs are written as Postgres prints them.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Status {
+    /// One of [`metrics::PHASES`].
     pub phase: String,
     pub sessions: u64,
     pub copy_rows: BTreeMap<String, u64>,
     pub copy_rows_per_second: BTreeMap<String, f64>,
+    /// Schema and table of each name in `copy_rows` (for metric labels:
+    /// either may contain a dot).
+    #[serde(skip)]
+    pub copy_tables: BTreeMap<String, (String, String)>,
     pub transactions_streamed: u64,
     pub transactions_skipped: u64,
     pub changes_streamed: u64,
+    /// Commit LSN of the last transaction sent to the node.
+    #[serde(serialize_with = "serialize_lsn")]
+    pub last_commit_lsn: Option<u64>,
     pub node_memory_sequence: Option<u64>,
     pub node_durable_sequence: Option<u64>,
-    pub confirmed_lsn: Option<String>,
+    /// The flush position last confirmed to Postgres.
+    #[serde(serialize_with = "serialize_lsn")]
+    pub confirmed_lsn: Option<u64>,
     pub lag_bytes: u64,
     pub lag_seconds: f64,
     /// Tables of the publication that are not carried, and why.
     pub tables_refused: BTreeMap<String, String>,
+    /// Changes of refused tables, not carried, per table.
+    pub refused_changes: BTreeMap<String, u64>,
     /// TRUNCATEs not applied, per table.
     pub truncates_refused: BTreeMap<String, u64>,
     pub last_error: Option<String>,
+}
+
+fn serialize_lsn<S: serde::Serializer>(
+    lsn: &Option<u64>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match lsn {
+        Some(lsn) => serializer.serialize_some(&format_lsn(*lsn)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// The [`Status`] of a running replicator, shared with its metrics
+/// endpoint. Locked only for short updates and copies, never across an
+/// await.
+#[derive(Debug, Clone, Default)]
+pub struct SharedStatus(Arc<Mutex<Status>>);
+
+impl SharedStatus {
+    pub fn lock(&self) -> MutexGuard<'_, Status> {
+        // A panic while holding it cannot leave the numbers inconsistent
+        // beyond one stale value.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 struct Settings {
@@ -195,17 +243,24 @@ pub async fn run(args: ReplicateArgs) -> Result<(), ReplicateError> {
         target,
         args,
     };
-    let mut status = Status::default();
+    let status = SharedStatus::default();
+    if let Some(address) = settings.args.metrics_listen {
+        serve_metrics(address, &status).await?;
+    }
     let mut attempt = 0;
     loop {
-        status.sessions += 1;
+        {
+            let mut status = status.lock();
+            status.sessions += 1;
+            status.phase = "connecting".into();
+        }
         let started = Instant::now();
-        let error = match Session::run(&settings, &mut status).await {
+        let error = match Session::run(&settings, status.clone()).await {
             Ok(()) => return Ok(()),
             Err(error) => error,
         };
+        status.lock().last_error = Some(error.to_string());
         if !error.is_transient() {
-            status.last_error = Some(error.to_string());
             write_status(&settings, &status);
             return Err(error);
         }
@@ -213,7 +268,6 @@ pub async fn run(args: ReplicateArgs) -> Result<(), ReplicateError> {
             attempt = 0;
         }
         tracing::warn!(%error, "replication session ended; resuming from what the node acknowledged");
-        status.last_error = Some(error.to_string());
         tokio::time::sleep(backoff(attempt)).await;
         attempt += 1;
     }
@@ -234,11 +288,31 @@ fn validate_slot_name(slot: &str) -> Result<(), ReplicateError> {
     }
 }
 
-fn write_status(settings: &Settings, status: &Status) {
+/// Binds `address` and serves the metrics of `status` there (a task of
+/// its own for the life of the process).
+async fn serve_metrics(address: SocketAddr, status: &SharedStatus) -> Result<(), ReplicateError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| ReplicateError::MetricsListen { address, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ReplicateError::MetricsListen { address, source })?;
+    let status = status.clone();
+    let render: crate::ops::http::RenderMetrics = Arc::new(move || metrics::render(&status));
+    tokio::spawn(async move {
+        if let Err(error) = crate::ops::http::serve_metrics(listener, render).await {
+            tracing::error!(%error, address = %bound, "the metrics endpoint stopped");
+        }
+    });
+    tracing::info!(address = %bound, "metrics endpoint GET /metrics");
+    Ok(())
+}
+
+fn write_status(settings: &Settings, status: &SharedStatus) {
     let Some(path) = &settings.args.status_file else {
         return;
     };
-    let Ok(json) = serde_json::to_vec_pretty(status) else {
+    let Ok(json) = serde_json::to_vec_pretty(&*status.lock()) else {
         return;
     };
     let tmp = path.with_extension("tmp");
@@ -265,7 +339,7 @@ struct Part {
 /// One replication session: the node connection, the slot, the stream.
 struct Session<'a> {
     settings: &'a Settings,
-    status: &'a mut Status,
+    status: SharedStatus,
     node: NodeClient,
     /// Any carried table's path, for probes and empty transactions.
     probe_path: String,
@@ -281,7 +355,7 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    async fn run(settings: &'a Settings, status: &'a mut Status) -> Result<(), ReplicateError> {
+    async fn run(settings: &'a Settings, status: SharedStatus) -> Result<(), ReplicateError> {
         let sql = settings.target.connect().await?;
         source::check_wal_level(&sql).await?;
         let tables = source::publication_tables(&sql, &settings.args.publication).await?;
@@ -295,7 +369,7 @@ impl<'a> Session<'a> {
             )? {
                 Ok(shape) => carried.push((table.clone(), Arc::new(shape))),
                 Err(refusal) => refuse_table(
-                    status,
+                    &mut status.lock(),
                     &format!("{}.{}", table.namespace, table.name),
                     &refusal,
                 ),
@@ -305,7 +379,7 @@ impl<'a> Session<'a> {
             return Err(ReplicateError::Usage(format!(
                 "publication {:?} has no table the replicator can carry ({} refused)",
                 settings.args.publication,
-                status.tables_refused.len()
+                status.lock().tables_refused.len()
             )));
         };
         let mut node = NodeClient::connect(&settings.node_url, &settings.origin).await?;
@@ -390,7 +464,7 @@ impl<'a> Session<'a> {
                         )));
                     }
                     session.confirmed = confirmed;
-                    session.status.phase = "streaming".into();
+                    session.status().phase = "streaming".into();
                     let client = ReplicationClient::connect(session.replication_config(confirmed))
                         .await
                         .map_err(stream_error)?;
@@ -439,8 +513,8 @@ impl<'a> Session<'a> {
         &mut self,
         carried: &[(source::CatalogTable, Arc<TableShape>)],
     ) -> Result<ReplicationClient, ReplicateError> {
-        self.status.phase = "copy".into();
-        write_status(self.settings, self.status);
+        self.status().phase = "copy".into();
+        write_status(self.settings, &self.status);
         let mut client = ReplicationClient::connect_gated(self.replication_config(0))
             .await
             .map_err(stream_error)?;
@@ -484,7 +558,7 @@ impl<'a> Session<'a> {
         self.record_checked(&response)?;
         self.processed = consistent_point;
         client.start().await.map_err(stream_error)?;
-        self.status.phase = "streaming".into();
+        self.status().phase = "streaming".into();
         Ok(client)
     }
 
@@ -540,28 +614,43 @@ impl<'a> Session<'a> {
                 .await?;
             // A node that restarted meanwhile dropped the copy so far.
             self.record_checked(&response)?;
-            let rate = copied as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            self.status.copy_rows.insert(shape.name.clone(), copied);
-            self.status
-                .copy_rows_per_second
-                .insert(shape.name.clone(), rate);
+            let rate = self.copied(table, shape, copied, started);
             if last_log.elapsed() >= self.progress_interval() {
                 last_log = Instant::now();
                 tracing::info!(table = %shape.name, rows = copied, rows_per_second = rate as u64, "copying");
-                write_status(self.settings, self.status);
+                write_status(self.settings, &self.status);
             }
         }
         sql.batch_execute("CLOSE flightlog_copy")
             .await
             .map_err(source::pg_error)?;
-        let rate = copied as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        self.status.copy_rows.insert(shape.name.clone(), copied);
-        self.status
-            .copy_rows_per_second
-            .insert(shape.name.clone(), rate);
+        let rate = self.copied(table, shape, copied, started);
         tracing::info!(table = %shape.name, rows = copied, rows_per_second = rate as u64, "copied");
-        write_status(self.settings, self.status);
+        write_status(self.settings, &self.status);
         Ok(())
+    }
+
+    /// Records the rows of `table` copied so far; returns its rows/s.
+    fn copied(
+        &self,
+        table: &source::CatalogTable,
+        shape: &TableShape,
+        copied: u64,
+        started: Instant,
+    ) -> f64 {
+        let rate = copied as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let mut status = self.status();
+        status.copy_rows.insert(shape.name.clone(), copied);
+        status.copy_rows_per_second.insert(shape.name.clone(), rate);
+        status.copy_tables.insert(
+            shape.name.clone(),
+            (table.namespace.clone(), table.name.clone()),
+        );
+        rate
+    }
+
+    fn status(&self) -> MutexGuard<'_, Status> {
+        self.status.lock()
     }
 
     fn progress_interval(&self) -> Duration {
@@ -572,8 +661,9 @@ impl<'a> Session<'a> {
     fn record(&mut self, response: &crate::proto::sync::DataSyncResponse) {
         self.memory = response.memory_sequence_number.max(self.memory);
         self.durable = response.durable_sequence_number.max(self.durable);
-        self.status.node_memory_sequence = self.memory;
-        self.status.node_durable_sequence = self.durable;
+        let mut status = self.status();
+        status.node_memory_sequence = self.memory;
+        status.node_durable_sequence = self.durable;
     }
 
     /// Like [`Self::record`] for an answer within the session: `first`
@@ -627,24 +717,29 @@ impl<'a> Session<'a> {
 
     fn progress(&mut self) {
         let now_micros = chrono::Utc::now().timestamp_micros() - PG_EPOCH_MICROS;
-        self.status.lag_bytes = self.server_position.saturating_sub(self.processed);
-        self.status.lag_seconds = if self.status.lag_bytes == 0 || self.last_commit_time_micros == 0
-        {
+        let lag_bytes = self.server_position.saturating_sub(self.processed);
+        let lag_seconds = if lag_bytes == 0 || self.last_commit_time_micros == 0 {
             0.0
         } else {
             (now_micros - self.last_commit_time_micros).max(0) as f64 / 1e6
         };
+        let (transactions, changes) = {
+            let mut status = self.status();
+            status.lag_bytes = lag_bytes;
+            status.lag_seconds = lag_seconds;
+            (status.transactions_streamed, status.changes_streamed)
+        };
         tracing::info!(
-            lag_bytes = self.status.lag_bytes,
-            lag_seconds = self.status.lag_seconds,
-            transactions = self.status.transactions_streamed,
-            changes = self.status.changes_streamed,
+            lag_bytes,
+            lag_seconds,
+            transactions,
+            changes,
             memory = ?self.memory,
             durable = ?self.durable,
             confirmed = %format_lsn(self.confirmed),
             "streaming"
         );
-        write_status(self.settings, self.status);
+        write_status(self.settings, &self.status);
     }
 
     /// Tells Postgres what the node made safe; asks the node while some
@@ -683,7 +778,7 @@ impl<'a> Session<'a> {
         if safe > self.confirmed && safe > COPY_MARKER {
             client.update_applied_lsn(Lsn::from_u64(safe));
             self.confirmed = safe;
-            self.status.confirmed_lsn = Some(format_lsn(safe));
+            self.status().confirmed_lsn = Some(safe);
         }
         Ok(())
     }
@@ -770,7 +865,7 @@ impl<'a> Session<'a> {
                         None => format!("relation oid {oid}"),
                     };
                     tracing::error!(table = %name, "TRUNCATE is not replicated: the Delta table keeps its rows (delete them with DELETE, or re-sync the table; see README)");
-                    *self.status.truncates_refused.entry(name).or_default() += 1;
+                    *self.status().truncates_refused.entry(name).or_default() += 1;
                 }
             }
             PgOutput::Begin { .. }
@@ -813,7 +908,7 @@ impl<'a> Session<'a> {
         let entry = match shape {
             Ok(shape) => Ok(Arc::new(shape)),
             Err(refusal) => {
-                refuse_table(self.status, &name, &refusal);
+                refuse_table(&mut self.status(), &name, &refusal);
                 Err((name, refusal))
             }
         };
@@ -826,7 +921,15 @@ impl<'a> Session<'a> {
     fn carried(&mut self, oid: u32) -> Result<Option<Arc<TableShape>>, ReplicateError> {
         match self.shapes.get(&oid) {
             Some(Ok(shape)) => Ok(Some(Arc::clone(shape))),
-            Some(Err(_)) => Ok(None),
+            Some(Err((name, _))) => {
+                *self
+                    .status
+                    .lock()
+                    .refused_changes
+                    .entry(name.clone())
+                    .or_default() += 1;
+                Ok(None)
+            }
             None => Err(ReplicateError::Malformed(format!(
                 "a change of relation {oid} arrived before its Relation message"
             ))),
@@ -843,7 +946,7 @@ impl<'a> Session<'a> {
         if transaction.skip {
             return Ok(());
         }
-        self.status.changes_streamed += 1;
+        self.status.lock().changes_streamed += 1;
         transaction.bytes += change.bytes();
         let index = transaction
             .parts
@@ -924,10 +1027,12 @@ impl<'a> Session<'a> {
             )));
         }
         if transaction.skip {
-            self.status.transactions_skipped += 1;
+            self.status().transactions_skipped += 1;
         } else {
             self.send_parts(Some(commit_lsn)).await?;
-            self.status.transactions_streamed += 1;
+            let mut status = self.status();
+            status.transactions_streamed += 1;
+            status.last_commit_lsn = Some(commit_lsn);
         }
         self.transaction = None;
         Ok(())
@@ -944,4 +1049,5 @@ fn refuse_table(status: &mut Status, name: &str, refusal: &Refusal) {
     status
         .tables_refused
         .insert(name.to_string(), refusal.to_string());
+    status.refused_changes.entry(name.to_string()).or_default();
 }
