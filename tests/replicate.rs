@@ -11,7 +11,9 @@
 //! of 100k rows; ADD COLUMN mid-stream; TRUNCATE and a table without a key
 //! refused by name; SIGKILL of the node and of the replicator at seeded
 //! moments, after which the tables still equal Postgres and the slot's
-//! confirmed_flush_lsn never passed what the node made durable; the
+//! confirmed_flush_lsn never passed what the node made durable; an idle
+//! confirm while the walsender lags behind the server's insert position
+//! (a bulk load of an unpublished table) skips no later commit; the
 //! `--metrics-listen` endpoint's numbers against what the test did.
 //! `FLIGHTLOG_REPLICATE_KILLS=N` lengthens the kill loop (default 4).
 
@@ -755,6 +757,54 @@ async fn an_idle_slot_moves_on_through_the_node_and_never_ahead_of_it() {
             .expect("write");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_confirm_never_passes_a_commit_the_walsender_has_not_sent_yet() {
+    let server = Postgres::start(&[]);
+    let pg = server.client().await;
+    pg.batch_execute(
+        "CREATE TABLE quiet (id int4 PRIMARY KEY); CREATE TABLE busy (id int4, pad text); \
+         INSERT INTO quiet VALUES (1); CREATE PUBLICATION pub FOR TABLE quiet",
+    )
+    .await
+    .expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("node");
+    let node = start_node(&data_dir, free_port());
+    let mut replicator = Replicator::start_with(
+        &server,
+        &node,
+        "s_behind",
+        dir.path(),
+        &["--idle-confirm-ms", "100"],
+    );
+    wait_durable(&node, &mut replicator, "s_behind", "public/quiet", 2).await;
+    // A bulk load of an unpublished table keeps the walsender busy (it
+    // decodes every change, then replays them at the commit) while the
+    // server's insert position is already past the published commit that
+    // follows; the replicator sees nothing but keepalives meanwhile.
+    pg.batch_execute(
+        "INSERT INTO busy SELECT g, repeat('x', 40) FROM generate_series(1, 2000000) g",
+    )
+    .await
+    .expect("bulk load");
+    let published = transaction(&pg, "INSERT INTO quiet VALUES (2)").await;
+    wait_durable(
+        &node,
+        &mut replicator,
+        "s_behind",
+        "public/quiet",
+        published,
+    )
+    .await;
+    assert_same(&pg, &data_dir, "public", "quiet").await;
+    let (_, delta) = both_sides(&pg, &data_dir, "public", "quiet").await;
+    assert_eq!(
+        delta.len(),
+        2,
+        "the published commit after the bulk load is missing"
+    );
 }
 
 /// A tiny deterministic generator (the loop is reproducible from its seed).

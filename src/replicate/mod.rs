@@ -348,8 +348,12 @@ struct Session<'a> {
     confirmed: u64,
     shapes: HashMap<u32, Result<Arc<TableShape>, (String, Refusal)>>,
     transaction: Option<Transaction>,
+    /// The server's insert position (lag only: it can be ahead of what
+    /// the walsender has sent).
     server_position: PgLsn,
     last_commit_time_micros: i64,
+    /// How far the stream has been processed: every commit before it has
+    /// been received (a commit's end, a keepalive between transactions).
     processed: PgLsn,
     idle_since: Instant,
 }
@@ -755,17 +759,20 @@ impl<'a> Session<'a> {
             self.idle_since = Instant::now();
         }
         let memory = self.memory.unwrap_or(0);
-        // Everything before the server's position has been received (the
-        // stream is in commit order), so an empty transaction just below it
-        // lets the slot move on without skipping any commit.
+        // Every commit before `processed` has been received (the stream is
+        // in commit order and `processed` only moves with it), so an empty
+        // transaction just below it lets the slot move on without skipping
+        // any commit. Not `server_position`: the server's insert position
+        // can be ahead of what the walsender has decoded and sent, and a
+        // commit in between would then be skipped as already in the node.
         if idle
             && args.idle_confirm_ms > 0
             && self.idle_since.elapsed() >= Duration::from_millis(args.idle_confirm_ms)
-            && self.server_position.saturating_sub(1) > memory
+            && self.processed.saturating_sub(1) > memory
         {
             let response = self
                 .node
-                .close(&self.probe_path, self.server_position - 1)
+                .close(&self.probe_path, self.processed - 1)
                 .await?;
             self.record_checked(&response)?;
             self.idle_since = Instant::now();
