@@ -428,6 +428,27 @@ pub struct ReplicationConfig {
     /// Default: `false`
     pub binary: bool,
 
+    // flightlog (vendored change): the pgoutput protocol version and
+    // streaming of in-progress transactions were hard-coded to version 1
+    // without streaming.
+    /// The pgoutput `proto_version` sent with `START_REPLICATION`.
+    ///
+    /// Default: `1`
+    pub proto_version: u32,
+
+    // flightlog (vendored change), see `proto_version`.
+    /// Add `streaming 'on'` to `START_REPLICATION` (needs `proto_version`
+    /// 2 or more and PostgreSQL 14 or newer): the server sends large
+    /// in-progress transactions in chunks (pgoutput `S`/`E`), then `c`
+    /// (stream commit) or `A` (stream abort). Every one of these is passed
+    /// on as [`ReplicationEvent::XLogData`](crate::ReplicationEvent), as is
+    /// every message inside a chunk (a `M` message there carries an xid
+    /// first, so it is not parsed into `ReplicationEvent::Message`); the
+    /// consumer decodes them.
+    ///
+    /// Default: `false`
+    pub streaming: bool,
+
     /// Value for the startup `options` parameter, passed through to the
     /// server the same way `libpq`'s `options` connection parameter (or the
     /// `PGOPTIONS` environment variable) would on an ordinary connection.
@@ -508,6 +529,8 @@ impl Default for ReplicationConfig {
             idle_wakeup_interval: Duration::from_secs(10),
             buffer_events: 8192,
             binary: false,
+            proto_version: 1,
+            streaming: false,
             options: None,
             max_message_size: crate::protocol::framing::MAX_MESSAGE_SIZE,
             application_name: None,
@@ -675,6 +698,21 @@ impl ReplicationConfig {
     /// See [`binary`](Self::binary) for caveats — off by default.
     pub fn with_binary(mut self, binary: bool) -> Self {
         self.binary = binary;
+        self
+    }
+
+    // flightlog (vendored change), see `proto_version`.
+    /// Set the pgoutput protocol version (1 by default).
+    pub fn with_proto_version(mut self, proto_version: u32) -> Self {
+        self.proto_version = proto_version;
+        self
+    }
+
+    // flightlog (vendored change), see `proto_version`.
+    /// Ask for streaming of in-progress transactions (see
+    /// [`streaming`](Self::streaming)).
+    pub fn with_streaming(mut self, streaming: bool) -> Self {
+        self.streaming = streaming;
         self
     }
 

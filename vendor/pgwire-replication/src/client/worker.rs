@@ -207,6 +207,10 @@ pub struct WorkerState {
     gate: Option<mpsc::Receiver<GateCommand>>,
     /// The applied LSN in the last status update written to the server, if any.
     last_sent: Option<Lsn>,
+    // flightlog (vendored change): with `streaming`, between a pgoutput
+    // stream start (`S`) and stream stop (`E`) every message is passed on
+    // raw (a streamed `M` has an xid before its flags).
+    in_stream: bool,
 }
 
 impl WorkerState {
@@ -226,6 +230,7 @@ impl WorkerState {
             started: None,
             gate: None,
             last_sent: None,
+            in_stream: false,
         }
     }
 
@@ -329,13 +334,22 @@ impl WorkerState {
         } else {
             ""
         };
+        // flightlog (vendored change): proto_version and streaming from the
+        // config (were `proto_version '1'` and no streaming).
+        let streaming_opt = if self.cfg.streaming {
+            ", streaming 'on'"
+        } else {
+            ""
+        };
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL {} \
-            (proto_version '1', publication_names '{}', messages 'true'{})",
+            (proto_version '{}', publication_names '{}', messages 'true'{}{})",
             self.cfg.slot,
             self.cfg.start_lsn,
+            self.cfg.proto_version,
             self.cfg.publication.to_option_value(),
             binary_opt,
+            streaming_opt,
         );
         write_query(stream, &sql).await?;
 
@@ -549,8 +563,21 @@ impl WorkerState {
             } => {
                 self.metrics.set_last_wal_end(wal_end);
 
+                // flightlog (vendored change): stream start/stop (`S`/`E`)
+                // delimit a chunk of a streamed transaction, whose messages
+                // are passed on raw (no Begin/Commit can occur inside one).
+                match data.first() {
+                    Some(b'S') if self.cfg.streaming => self.in_stream = true,
+                    Some(b'E') if self.cfg.streaming => self.in_stream = false,
+                    _ => {}
+                }
+                let boundary = if self.in_stream {
+                    None
+                } else {
+                    parse_pgoutput_boundary(&data)?
+                };
                 // If the payload is a pgoutput Begin/Commit message, emit only the boundary event.
-                if let Some(boundary_ev) = parse_pgoutput_boundary(&data)? {
+                if let Some(boundary_ev) = boundary {
                     let reached_lsn = match boundary_ev {
                         ReplicationEvent::Begin { final_lsn, .. } => final_lsn,
                         ReplicationEvent::Commit { end_lsn, .. } => end_lsn,
@@ -1249,6 +1276,72 @@ mod tests {
             !sent.contains("options"),
             "startup message should omit 'options' when unset: {sent:?}"
         );
+    }
+
+    // flightlog (vendored change): the stream messages and everything in a
+    // chunk reach the consumer as raw XLogData; Begin/Commit outside a
+    // chunk are still boundaries.
+    #[tokio::test]
+    async fn a_streamed_chunk_is_passed_on_raw() {
+        use tokio::io::AsyncWriteExt;
+
+        let cfg = ReplicationConfig {
+            proto_version: 2,
+            streaming: true,
+            ..Default::default()
+        };
+        let (mut worker, _stop_tx, mut rx) = test_worker(cfg);
+        let (worker_end, mut test_end) = tokio::io::duplex(64 * 1024);
+        let worker_task = tokio::spawn(async move {
+            let mut buf = BufReader::with_capacity(1024, worker_end);
+            worker.stream_loop(&mut buf).await
+        });
+
+        // S xid=7 first_segment=1; M inside the chunk (xid first: as a
+        // non-streamed M it would not parse); E; c xid=7 ...; B ... .
+        let mut streamed_message = vec![b'M'];
+        streamed_message.extend_from_slice(&7u32.to_be_bytes());
+        streamed_message.push(1);
+        streamed_message.extend_from_slice(&5u64.to_be_bytes());
+        streamed_message.extend_from_slice(b"p\0");
+        streamed_message.extend_from_slice(&0u32.to_be_bytes());
+        let mut start = vec![b'S'];
+        start.extend_from_slice(&7u32.to_be_bytes());
+        start.push(1);
+        let mut commit = vec![b'c'];
+        commit.extend_from_slice(&7u32.to_be_bytes());
+        commit.push(0);
+        commit.extend_from_slice(&[0u8; 24]);
+        let mut begin = vec![b'B'];
+        begin.extend_from_slice(&9u64.to_be_bytes());
+        begin.extend_from_slice(&0i64.to_be_bytes());
+        begin.extend_from_slice(&8u32.to_be_bytes());
+        for (lsn, data) in [
+            (1, &start[..]),
+            (2, &streamed_message[..]),
+            (3, b"E"),
+            (4, &commit[..]),
+            (5, &begin[..]),
+        ] {
+            test_end.write_all(&xlog_frame(lsn, data)).await.unwrap();
+        }
+        test_end.flush().await.unwrap();
+
+        let mut tags = Vec::new();
+        for _ in 0..5 {
+            let event = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("an event")
+                .expect("the channel is open")
+                .expect("not an error");
+            tags.push(match event {
+                ReplicationEvent::XLogData { data, .. } => data[0] as char,
+                ReplicationEvent::Begin { .. } => '^',
+                other => panic!("unexpected {other:?}"),
+            });
+        }
+        assert_eq!(tags, vec!['S', 'M', 'E', 'c', '^']);
+        worker_task.abort();
     }
 
     /// The worker must build its reader from `cfg.max_message_size`. Without
