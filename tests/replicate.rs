@@ -557,9 +557,11 @@ async fn wait_metrics(
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         replicator.assert_running();
-        if !replicator
-            .log_text()
-            .contains("metrics endpoint GET /metrics")
+        let bound = address.to_string();
+        let log = replicator.log_text();
+        if !log
+            .lines()
+            .any(|line| line.contains("metrics endpoint GET /metrics") && line.contains(&bound))
         {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -582,40 +584,79 @@ async fn wait_metrics(
     }
 }
 
+/// The replicator is in its stream (the initial copy is done).
+fn streaming(text: &str) -> bool {
+    sample(text, r#"flightlog_replicate_phase{phase="streaming"}"#) == Some(1.0)
+}
+
+/// A metric's value (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    sample(text, name).unwrap_or(0.0)
+}
+
+/// Starts a replicator of `slot` with its metrics on a free port.
+fn start_with_metrics(
+    pg: &Postgres,
+    node: &ServeProcess,
+    slot: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> (Replicator, SocketAddr) {
+    let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let address_text = address.to_string();
+    let mut args = vec!["--idle-confirm-ms", "0", "--metrics-listen", &address_text];
+    args.extend_from_slice(extra);
+    (Replicator::start_with(pg, node, slot, dir, &args), address)
+}
+
+/// A Postgres (started with `settings`) holding `schema`, and a node.
+struct Setup {
+    server: Postgres,
+    pg: tokio_postgres::Client,
+    dir: tempfile::TempDir,
+    data_dir: PathBuf,
+    node: ServeProcess,
+}
+
+impl Setup {
+    async fn start(settings: &[&str], schema: &str) -> Setup {
+        let server = Postgres::start(settings);
+        let pg = server.client().await;
+        pg.batch_execute(schema).await.expect("schema");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("node");
+        let node = start_node(&data_dir, free_port());
+        Setup {
+            server,
+            pg,
+            dir,
+            data_dir,
+            node,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_counts_what_was_copied_streamed_refused_and_confirmed() {
-    let server = Postgres::start(&[]);
-    let pg = server.client().await;
-    pg.batch_execute(
+    let Setup {
+        server,
+        pg,
+        dir,
+        data_dir,
+        node,
+    } = Setup::start(
+        &[],
         "CREATE TABLE m_items (id int8 PRIMARY KEY, name text); \
          CREATE TABLE m_trunc (id int4 PRIMARY KEY); CREATE TABLE m_nokey (x int4); \
          INSERT INTO m_items SELECT g, 'n' || g FROM generate_series(1, 5000) g; \
          INSERT INTO m_trunc VALUES (1); \
          CREATE PUBLICATION pub FOR TABLE m_items, m_trunc, m_nokey",
     )
-    .await
-    .expect("schema");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data_dir = dir.path().join("node");
-    let node = start_node(&data_dir, free_port());
-    let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let mut replicator = Replicator::start_with(
-        &server,
-        &node,
-        "s_metrics",
-        dir.path(),
-        &[
-            "--idle-confirm-ms",
-            "0",
-            "--metrics-listen",
-            &address.to_string(),
-        ],
-    );
-    let copied = r#"flightlog_replicate_copy_rows_total{schema="public",table="m_items"}"#;
-    let text = wait_metrics(&mut replicator, address, "the copy", |text| {
-        sample(text, r#"flightlog_replicate_phase{phase="streaming"}"#) == Some(1.0)
-    })
     .await;
+    let (mut replicator, address) =
+        start_with_metrics(&server, &node, "s_metrics", dir.path(), &[]);
+    let copied = r#"flightlog_replicate_copy_rows_total{schema="public",table="m_items"}"#;
+    let text = wait_metrics(&mut replicator, address, "the copy", streaming).await;
     assert_eq!(sample(&text, copied), Some(5000.0), "{text}");
     assert_eq!(
         sample(
@@ -805,6 +846,187 @@ async fn an_idle_confirm_never_passes_a_commit_the_walsender_has_not_sent_yet() 
         2,
         "the published commit after the bulk load is missing"
     );
+}
+
+const STREAMED: &str = "CREATE TABLE big (id int8 PRIMARY KEY, name text, n int4);
+    INSERT INTO big SELECT g, 'copied', 0 FROM generate_series(1, 100) g;
+    CREATE PUBLICATION pub FOR TABLE big";
+
+fn big_insert(from: u64, to: u64, name: &str) -> String {
+    format!("INSERT INTO big SELECT g, '{name} ' || g, g % 7 FROM generate_series({from}, {to}) g")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_transactions_are_streamed_and_aborts_drop_exactly_their_changes() {
+    // 64kB: every transaction below of more than a few hundred rows is
+    // streamed while in progress.
+    let Setup {
+        server,
+        pg,
+        dir,
+        data_dir,
+        node,
+    } = Setup::start(&["logical_decoding_work_mem=64kB"], STREAMED).await;
+    let (mut replicator, metrics) = start_with_metrics(&server, &node, "s_stream", dir.path(), &[]);
+    let text = wait_metrics(&mut replicator, metrics, "the stream", streaming).await;
+    assert_eq!(metric(&text, "flightlog_replicate_protocol_version"), 2.0);
+
+    // One transaction of 100k rows.
+    transaction(&pg, &big_insert(1_001, 101_000, "big")).await;
+    // A rolled back one.
+    pg.batch_execute(&format!(
+        "BEGIN; {}; ROLLBACK",
+        big_insert(200_001, 250_000, "rolled back")
+    ))
+    .await
+    .expect("rolled back transaction");
+    // A committed one whose savepoint is rolled back (its inserts and its
+    // updates of committed rows vanish), with changes before and after.
+    transaction(
+        &pg,
+        &format!(
+            "{}; SAVEPOINT a; {}; UPDATE big SET name = 'in savepoint' WHERE id <= 20000; \
+             ROLLBACK TO SAVEPOINT a; UPDATE big SET n = -1 WHERE id BETWEEN 1001 AND 1500; \
+             SAVEPOINT b; {}; RELEASE SAVEPOINT b",
+            big_insert(300_001, 320_000, "before savepoint"),
+            big_insert(400_001, 420_000, "in savepoint"),
+            big_insert(500_001, 505_000, "released savepoint"),
+        ),
+    )
+    .await;
+    // Two open at once (their chunks interleave), a small whole one in
+    // between; the second commits first.
+    let other = server.client().await;
+    pg.batch_execute(&format!("BEGIN; {}", big_insert(600_001, 610_000, "first")))
+        .await
+        .expect("first open");
+    other
+        .batch_execute(&format!(
+            "BEGIN; {}",
+            big_insert(700_001, 710_000, "second")
+        ))
+        .await
+        .expect("second open");
+    pg.batch_execute(&big_insert(610_001, 620_000, "first"))
+        .await
+        .expect("first more");
+    transaction(
+        &server.client().await,
+        "UPDATE big SET name = 'small' WHERE id = 5",
+    )
+    .await;
+    other
+        .batch_execute("UPDATE big SET n = 2 WHERE id BETWEEN 2001 AND 9000; COMMIT")
+        .await
+        .expect("second commit");
+    pg.batch_execute("DELETE FROM big WHERE id BETWEEN 3001 AND 4000; COMMIT")
+        .await
+        .expect("first commit");
+    let last = transaction(&pg, "UPDATE big SET name = 'last' WHERE id = 6").await;
+
+    wait_durable(&node, &mut replicator, "s_stream", "public/big", last).await;
+    assert_same(&pg, &data_dir, "public", "big").await;
+    let text = scrape(metrics);
+    let value = |name: &str| metric(&text, name);
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("flightlog_replicate_stream"))
+    {
+        eprintln!("{line}");
+    }
+    assert!(
+        value("flightlog_replicate_stream_chunks_total") > 0.0,
+        "nothing was streamed:\n{text}"
+    );
+    // The 100k, the savepoint one and the two interleaved ones.
+    assert!(
+        value("flightlog_replicate_streamed_transactions_committed_total") >= 4.0,
+        "{text}"
+    );
+    assert_eq!(
+        value("flightlog_replicate_streamed_transactions_aborted_total"),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        value("flightlog_replicate_streamed_subtransactions_aborted_total") >= 1.0,
+        "{text}"
+    );
+    assert_eq!(value("flightlog_replicate_stream_open_transactions"), 0.0);
+    assert_eq!(value("flightlog_replicate_stream_buffer_bytes"), 0.0);
+    assert_eq!(value("flightlog_replicate_reconnects_total"), 0.0, "{text}");
+
+    // A replicator killed while a streamed transaction is open: Postgres
+    // sends it again from its start to the next one.
+    let chunks = value("flightlog_replicate_stream_chunks_total");
+    pg.batch_execute(&format!(
+        "BEGIN; {}",
+        big_insert(800_001, 830_000, "across a kill")
+    ))
+    .await
+    .expect("open across a kill");
+    wait_metrics(
+        &mut replicator,
+        metrics,
+        "chunks of the open transaction",
+        |text| metric(text, "flightlog_replicate_stream_chunks_total") > chunks,
+    )
+    .await;
+    replicator.kill();
+    drop(replicator);
+    let (mut replicator, metrics) = start_with_metrics(&server, &node, "s_stream", dir.path(), &[]);
+    wait_metrics(&mut replicator, metrics, "the stream again", streaming).await;
+    pg.batch_execute(
+        "UPDATE big SET name = 'after the kill' WHERE id BETWEEN 800001 AND 800100; COMMIT",
+    )
+    .await
+    .expect("commit across a kill");
+    let last = transaction(&pg, "UPDATE big SET name = 'last again' WHERE id = 6").await;
+    wait_durable(&node, &mut replicator, "s_stream", "public/big", last).await;
+    assert_same(&pg, &data_dir, "public", "big").await;
+    let text = scrape(metrics);
+    assert!(
+        metric(&text, "flightlog_replicate_stream_chunks_total") > 0.0,
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_transaction_past_the_buffer_limit_arrives_without_streaming() {
+    let Setup {
+        server,
+        pg,
+        dir,
+        data_dir,
+        node,
+    } = Setup::start(&["logical_decoding_work_mem=64kB"], STREAMED).await;
+    let (mut replicator, metrics) = start_with_metrics(
+        &server,
+        &node,
+        "s_limit",
+        dir.path(),
+        &["--stream-buffer-bytes", "1000000"],
+    );
+    // The copy is done (the transaction below is not in its snapshot).
+    let text = wait_metrics(&mut replicator, metrics, "the stream", streaming).await;
+    assert_eq!(metric(&text, "flightlog_replicate_protocol_version"), 2.0);
+    // ~100k rows: several MB, past the 1 MB limit.
+    let last = transaction(&pg, &big_insert(1_001, 101_000, "big")).await;
+    wait_durable(&node, &mut replicator, "s_limit", "public/big", last).await;
+    assert_same(&pg, &data_dir, "public", "big").await;
+    let text = scrape(metrics);
+    assert_eq!(
+        metric(&text, "flightlog_replicate_protocol_version"),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "flightlog_replicate_reconnects_total") >= 1.0,
+        "{text}"
+    );
+    let log = replicator.log_text();
+    assert!(log.contains("--stream-buffer-bytes (1000000)"), "{log}");
+    assert!(log.contains("continuing without streaming"), "{log}");
 }
 
 /// A tiny deterministic generator (the loop is reproducible from its seed).

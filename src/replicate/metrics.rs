@@ -123,6 +123,26 @@ impl Collector for StatusCollector {
                 "Sessions started again after a transient error (connection lost, node restarted)",
                 status.sessions.saturating_sub(1),
             ),
+            (
+                "flightlog_replicate_stream_chunks",
+                "Chunks of streamed in-progress transactions received (stream starts)",
+                status.stream_chunks,
+            ),
+            (
+                "flightlog_replicate_streamed_transactions_committed",
+                "Streamed transactions committed (sent to the node as one transaction, or skipped)",
+                status.streamed_transactions_committed,
+            ),
+            (
+                "flightlog_replicate_streamed_transactions_aborted",
+                "Streamed transactions aborted as a whole (their buffered changes dropped)",
+                status.streamed_transactions_aborted,
+            ),
+            (
+                "flightlog_replicate_streamed_subtransactions_aborted",
+                "Subtransactions of streamed transactions aborted (exactly their changes dropped)",
+                status.streamed_subtransactions_aborted,
+            ),
         ];
         for (name, help, value) in counters {
             counter(e, name, help, value)?;
@@ -152,6 +172,21 @@ impl Collector for StatusCollector {
                 "flightlog_replicate_lag_bytes",
                 "WAL bytes between the server's insert position and what the replicator has processed",
                 status.lag_bytes,
+            ),
+            (
+                "flightlog_replicate_protocol_version",
+                "pgoutput protocol version of the session: 2 streams large in-progress transactions, 1 does not (0 before the first stream)",
+                u64::from(status.protocol_version),
+            ),
+            (
+                "flightlog_replicate_stream_open_transactions",
+                "Streamed transactions neither committed nor aborted yet",
+                status.stream_open_transactions,
+            ),
+            (
+                "flightlog_replicate_stream_buffer_bytes",
+                "Bytes held for open streamed transactions (limit: --stream-buffer-bytes)",
+                status.stream_buffer_bytes,
             ),
         ];
         for (name, help, value) in gauges {

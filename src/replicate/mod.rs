@@ -20,12 +20,17 @@
 //!   error, since streaming would skip changes.
 //! - Transactions whose commit LSN is at or below `memory` are already in
 //!   the node and are skipped when Postgres sends them again.
+//! - A streamed transaction (protocol v2, [`stream_buffer`]) is held in
+//!   memory until its stream commit and then sent like a whole one; a new
+//!   session starts with an empty buffer, and Postgres sends a transaction
+//!   that was streamed but not confirmed again from its start.
 
 pub mod metrics;
 pub mod node_client;
 pub mod pgoutput;
 pub mod rows;
 pub mod source;
+pub mod stream_buffer;
 pub mod types;
 
 use std::collections::{BTreeMap, HashMap};
@@ -42,6 +47,7 @@ use crate::replicate::node_client::{backoff, NodeClient};
 use crate::replicate::pgoutput::{DecodeError, OldTuple, PgLsn, PgOutput, Relation};
 use crate::replicate::rows::{Change, ColumnInfo, Refusal, TableShape};
 use crate::replicate::source::{format_lsn, quote_ident, PgTarget};
+use crate::replicate::stream_buffer::{Buffered, StreamBuffer};
 use crate::replicate::types::SESSION_OPTIONS;
 
 /// The sequence of the empty transaction sent before an initial copy.
@@ -109,6 +115,12 @@ pub struct ReplicateArgs {
     /// (the transaction stays open there until its commit).
     #[arg(long, default_value_t = 16 << 20)]
     pub put_bytes_max: usize,
+    /// Bytes of streamed in-progress transactions held in memory until
+    /// their commit, all together (pgoutput protocol v2, server 14 or
+    /// newer). Past it the session starts again without streaming, and
+    /// stays so until the replicator restarts; 0 = never stream.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub stream_buffer_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +154,12 @@ pub enum ReplicateError {
     Decode(#[from] DecodeError),
     #[error("slot {slot}: {reason}")]
     Slot { slot: String, reason: String },
+    #[error(
+        "streamed transaction {xid} needs more than --stream-buffer-bytes ({bytes_max}) \
+         held in memory until its commit; continuing without streaming (protocol v1: \
+         Postgres sends a large transaction after its commit)"
+    )]
+    StreamBufferFull { xid: u32, bytes_max: usize },
     #[error("--metrics-listen {address}: {source}")]
     MetricsListen {
         address: SocketAddr,
@@ -154,7 +172,10 @@ impl ReplicateError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            ReplicateError::Node(_) | ReplicateError::Stream(_) | ReplicateError::Postgres(_)
+            ReplicateError::Node(_)
+                | ReplicateError::Stream(_)
+                | ReplicateError::Postgres(_)
+                | ReplicateError::StreamBufferFull { .. }
         )
     }
 }
@@ -195,6 +216,20 @@ pub struct Status {
     pub refused_changes: BTreeMap<String, u64>,
     /// TRUNCATEs not applied, per table.
     pub truncates_refused: BTreeMap<String, u64>,
+    /// The pgoutput protocol version of the session (0 before the first).
+    pub protocol_version: u32,
+    /// Chunks of streamed in-progress transactions received (stream starts).
+    pub stream_chunks: u64,
+    /// Streamed transactions committed (sent to the node, or skipped).
+    pub streamed_transactions_committed: u64,
+    /// Streamed transactions aborted as a whole (dropped).
+    pub streamed_transactions_aborted: u64,
+    /// Subtransactions of streamed transactions aborted (their changes dropped).
+    pub streamed_subtransactions_aborted: u64,
+    /// Streamed transactions neither committed nor aborted yet.
+    pub stream_open_transactions: u64,
+    /// Bytes those hold (counted against `--stream-buffer-bytes`).
+    pub stream_buffer_bytes: u64,
     pub last_error: Option<String>,
 }
 
@@ -248,6 +283,7 @@ pub async fn run(args: ReplicateArgs) -> Result<(), ReplicateError> {
         serve_metrics(address, &status).await?;
     }
     let mut attempt = 0;
+    let mut streaming_allowed = settings.args.stream_buffer_bytes > 0;
     loop {
         {
             let mut status = status.lock();
@@ -255,7 +291,7 @@ pub async fn run(args: ReplicateArgs) -> Result<(), ReplicateError> {
             status.phase = "connecting".into();
         }
         let started = Instant::now();
-        let error = match Session::run(&settings, status.clone()).await {
+        let error = match Session::run(&settings, status.clone(), streaming_allowed).await {
             Ok(()) => return Ok(()),
             Err(error) => error,
         };
@@ -263,6 +299,9 @@ pub async fn run(args: ReplicateArgs) -> Result<(), ReplicateError> {
         if !error.is_transient() {
             write_status(&settings, &status);
             return Err(error);
+        }
+        if matches!(error, ReplicateError::StreamBufferFull { .. }) {
+            streaming_allowed = false;
         }
         if started.elapsed() > Duration::from_secs(30) {
             attempt = 0;
@@ -348,6 +387,12 @@ struct Session<'a> {
     confirmed: u64,
     shapes: HashMap<u32, Result<Arc<TableShape>, (String, Refusal)>>,
     transaction: Option<Transaction>,
+    /// Ask for pgoutput v2 with streaming (server 14 or newer, allowed).
+    streaming: bool,
+    /// Streamed transactions not yet committed or aborted.
+    streams: StreamBuffer,
+    /// The top-level xid of the streamed chunk being received.
+    chunk: Option<u32>,
     /// The server's insert position (lag only: it can be ahead of what
     /// the walsender has sent).
     server_position: PgLsn,
@@ -359,9 +404,25 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    async fn run(settings: &'a Settings, status: SharedStatus) -> Result<(), ReplicateError> {
+    async fn run(
+        settings: &'a Settings,
+        status: SharedStatus,
+        streaming_allowed: bool,
+    ) -> Result<(), ReplicateError> {
         let sql = settings.target.connect().await?;
         source::check_wal_level(&sql).await?;
+        let server_version = source::server_version(&sql).await?;
+        let streaming = streaming_allowed && server_version >= STREAMING_SERVER_VERSION;
+        if streaming {
+            tracing::info!(
+                server_version,
+                stream_buffer_bytes = settings.args.stream_buffer_bytes,
+                "pgoutput protocol version 2: large in-progress transactions are streamed"
+            );
+        } else {
+            tracing::info!(server_version, streaming_allowed, "pgoutput protocol version 1: a large transaction arrives after its commit (streaming needs server 14 or newer, --stream-buffer-bytes > 0, and no transaction past that limit since the replicator started)");
+        }
+        status.lock().protocol_version = if streaming { 2 } else { 1 };
         let tables = source::publication_tables(&sql, &settings.args.publication).await?;
         let mut carried = Vec::new();
         for table in &tables {
@@ -412,6 +473,9 @@ impl<'a> Session<'a> {
             confirmed: 0,
             shapes: HashMap::new(),
             transaction: None,
+            streaming,
+            streams: StreamBuffer::new(settings.args.stream_buffer_bytes),
+            chunk: None,
             server_position: 0,
             last_commit_time_micros: 0,
             processed: 0,
@@ -508,6 +572,8 @@ impl<'a> Session<'a> {
         .with_wakeup_interval(Duration::from_millis(args.status_interval_ms.max(10)))
         .with_options(SESSION_OPTIONS)
         .with_application_name("flightlog-replicate")
+        .with_proto_version(if self.streaming { 2 } else { 1 })
+        .with_streaming(self.streaming)
     }
 
     /// Creates the slot, copies every carried table in its exported
@@ -754,7 +820,9 @@ impl<'a> Session<'a> {
             let response = self.node.probe(&self.probe_path).await?;
             self.record_checked(&response)?;
         }
-        let idle = self.transaction.is_none() && self.durable >= self.memory;
+        let idle = self.transaction.is_none()
+            && self.streams.open_transactions() == 0
+            && self.durable >= self.memory;
         if !idle {
             self.idle_since = Instant::now();
         }
@@ -813,8 +881,20 @@ impl<'a> Session<'a> {
             }
             ReplicationEvent::XLogData { data, wal_end, .. } => {
                 self.server_position = self.server_position.max(wal_end.as_u64());
-                let message = pgoutput::decode(&data, false)?;
-                self.message(message).await?;
+                let message = pgoutput::decode(&data, self.chunk.is_some())?;
+                if let PgOutput::StreamCommit {
+                    xid,
+                    commit_lsn,
+                    end_lsn,
+                    commit_time_micros,
+                    ..
+                } = message
+                {
+                    self.stream_commit(xid, commit_lsn).await?;
+                    self.committed(client, end_lsn, commit_time_micros).await?;
+                } else if let Some(message) = self.streamed(message, data)? {
+                    self.message(message).await?;
+                }
             }
             ReplicationEvent::Commit {
                 lsn,
@@ -822,12 +902,8 @@ impl<'a> Session<'a> {
                 commit_time_micros,
             } => {
                 self.commit(lsn.as_u64()).await?;
-                self.processed = self.processed.max(end_lsn.as_u64());
-                self.server_position = self.server_position.max(end_lsn.as_u64());
-                self.last_commit_time_micros = commit_time_micros;
-                if self.settings.args.confirm == Confirm::Memory {
-                    self.confirm(client).await?;
-                }
+                self.committed(client, end_lsn.as_u64(), commit_time_micros)
+                    .await?;
             }
             ReplicationEvent::Message { .. } => {}
             ReplicationEvent::StoppedAt { .. } => {
@@ -835,6 +911,122 @@ impl<'a> Session<'a> {
             }
         }
         Ok(())
+    }
+
+    /// After a transaction's commit was sent to the node (or skipped).
+    async fn committed(
+        &mut self,
+        client: &ReplicationClient,
+        end_lsn: PgLsn,
+        commit_time_micros: i64,
+    ) -> Result<(), ReplicateError> {
+        self.processed = self.processed.max(end_lsn);
+        self.server_position = self.server_position.max(end_lsn);
+        self.last_commit_time_micros = commit_time_micros;
+        if self.settings.args.confirm == Confirm::Memory {
+            self.confirm(client).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the stream messages (protocol v2) and buffers what arrives
+    /// inside a chunk; any other message is given back.
+    fn streamed(
+        &mut self,
+        message: PgOutput,
+        bytes: bytes::Bytes,
+    ) -> Result<Option<PgOutput>, ReplicateError> {
+        let outside_transaction = |what: &str| {
+            ReplicateError::Malformed(format!(
+                "{what} arrived inside a transaction or another stream chunk"
+            ))
+        };
+        match (&message, self.chunk) {
+            (PgOutput::StreamStart { xid, first_segment }, None) => {
+                if self.transaction.is_some() {
+                    return Err(outside_transaction("a stream start"));
+                }
+                self.streams.start(*xid, *first_segment == 1)?;
+                self.chunk = Some(*xid);
+                self.status().stream_chunks += 1;
+            }
+            (PgOutput::StreamStart { .. }, Some(_)) => {
+                return Err(outside_transaction("a stream start"))
+            }
+            (PgOutput::StreamStop, Some(_)) => self.chunk = None,
+            (PgOutput::StreamStop, None) => {
+                return Err(ReplicateError::Malformed(
+                    "a stream stop arrived outside a stream chunk".into(),
+                ))
+            }
+            (
+                PgOutput::StreamAbort {
+                    xid,
+                    subtransaction_xid,
+                },
+                None,
+            ) => {
+                self.streams.abort(*xid, *subtransaction_xid);
+                let mut status = self.status();
+                if xid == subtransaction_xid {
+                    status.streamed_transactions_aborted += 1;
+                } else {
+                    status.streamed_subtransactions_aborted += 1;
+                }
+            }
+            (PgOutput::StreamAbort { .. }, Some(_)) => {
+                return Err(outside_transaction("a stream abort"))
+            }
+            (_, Some(top)) => {
+                let subxid = match &message {
+                    PgOutput::Relation(_) => None,
+                    PgOutput::Insert { xid, .. }
+                    | PgOutput::Update { xid, .. }
+                    | PgOutput::Delete { xid, .. }
+                    | PgOutput::Truncate { xid, .. } => Some(xid.unwrap_or(top)),
+                    // Ignored in a transaction too (types, logical messages).
+                    _ => return Ok(Some(message)),
+                };
+                self.streams.push(top, Buffered { subxid, bytes })?;
+            }
+            (_, None) => return Ok(Some(message)),
+        }
+        let mut status = self.status();
+        status.stream_open_transactions = self.streams.open_transactions() as u64;
+        status.stream_buffer_bytes = self.streams.bytes() as u64;
+        Ok(None)
+    }
+
+    /// A streamed transaction committed: its buffered messages are sent
+    /// as one transaction closed at `commit_lsn`, like a whole one (or
+    /// skipped when the node already has it).
+    async fn stream_commit(&mut self, xid: u32, commit_lsn: PgLsn) -> Result<(), ReplicateError> {
+        if self.transaction.is_some() || self.chunk.is_some() {
+            return Err(ReplicateError::Malformed(
+                "a stream commit arrived inside a transaction or a stream chunk".into(),
+            ));
+        }
+        let messages = self.streams.commit(xid)?;
+        let skip = self.memory.is_some_and(|m| commit_lsn <= m);
+        {
+            let mut status = self.status();
+            status.streamed_transactions_committed += 1;
+            status.stream_open_transactions = self.streams.open_transactions() as u64;
+            status.stream_buffer_bytes = self.streams.bytes() as u64;
+        }
+        self.transaction = Some(Transaction {
+            commit_lsn,
+            skip,
+            parts: Vec::new(),
+            bytes: 0,
+        });
+        if !skip {
+            for buffered in messages {
+                let message = pgoutput::decode(&buffered.bytes, true)?;
+                self.message(message).await?;
+            }
+        }
+        self.commit(commit_lsn).await
     }
 
     async fn message(&mut self, message: PgOutput) -> Result<(), ReplicateError> {
@@ -884,9 +1076,8 @@ impl<'a> Session<'a> {
             | PgOutput::StreamStop
             | PgOutput::StreamCommit { .. }
             | PgOutput::StreamAbort { .. } => {
-                return Err(ReplicateError::Stream(
-                    "a streamed-transaction message arrived, but streaming was not requested"
-                        .into(),
+                return Err(ReplicateError::Malformed(
+                    "a stream message out of place (inside a streamed transaction)".into(),
                 ))
             }
         }
@@ -1045,6 +1236,10 @@ impl<'a> Session<'a> {
         Ok(())
     }
 }
+
+/// The first `server_version_num` whose pgoutput streams in-progress
+/// transactions (protocol version 2).
+const STREAMING_SERVER_VERSION: u32 = 140_000;
 
 /// Microseconds from 1970-01-01 to 2000-01-01 (Postgres's epoch).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
