@@ -1029,6 +1029,81 @@ async fn a_streamed_transaction_past_the_buffer_limit_arrives_without_streaming(
     assert!(log.contains("continuing without streaming"), "{log}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_transaction_the_node_already_has_is_skipped_after_a_restart() {
+    let server = Postgres::start(&["logical_decoding_work_mem=64kB"]);
+    let pg = server.client().await;
+    pg.batch_execute(STREAMED).await.expect("schema");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().join("node");
+    // A slow flush: the transaction is in the node's WAL (memory) for
+    // seconds before it is durable, so Postgres has not been told and
+    // sends it again to the next replicator.
+    let node = ServeProcess::start_on(
+        &data_dir,
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        &["--max-lag-ms", "8000"],
+    );
+    let (mut replicator, metrics) = start_with_metrics(&server, &node, "s_skip", dir.path(), &[]);
+    wait_metrics(&mut replicator, metrics, "the stream", streaming).await;
+    let (copied, _) = node_numbers(&node, "s_skip", "public/big").await;
+    let lsn = transaction(&pg, &big_insert(1_001, 31_000, "streamed")).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let memory = loop {
+        replicator.assert_running();
+        let (memory, durable) = node_numbers(&node, "s_skip", "public/big").await;
+        if memory > copied && memory >= Some(lsn) {
+            assert!(durable < memory, "durable already: the test proves nothing");
+            break memory;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node never got it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let text = scrape(metrics);
+    assert_eq!(
+        metric(
+            &text,
+            "flightlog_replicate_streamed_transactions_committed_total"
+        ),
+        1.0,
+        "{text}"
+    );
+    replicator.kill();
+    drop(replicator);
+    assert!(
+        slot_confirmed(&pg, "s_skip").await < memory,
+        "confirmed past what the node had durable"
+    );
+
+    let (mut replicator, metrics) = start_with_metrics(&server, &node, "s_skip", dir.path(), &[]);
+    let text = wait_metrics(&mut replicator, metrics, "the resent transaction", |text| {
+        metric(
+            text,
+            "flightlog_replicate_streamed_transactions_committed_total",
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        metric(&text, "flightlog_replicate_transactions_skipped_total"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "flightlog_replicate_transactions_total"),
+        0.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "flightlog_replicate_stream_chunks_total") > 0.0,
+        "{text}"
+    );
+    wait_durable(&node, &mut replicator, "s_skip", "public/big", lsn).await;
+    assert_same(&pg, &data_dir, "public", "big").await;
+}
+
 /// A tiny deterministic generator (the loop is reproducible from its seed).
 struct Rng(u64);
 
