@@ -14,7 +14,13 @@
 //! confirmed_flush_lsn never passed what the node made durable; an idle
 //! confirm while the walsender lags behind the server's insert position
 //! (a bulk load of an unpublished table) skips no later commit; the
-//! `--metrics-listen` endpoint's numbers against what the test did.
+//! `--metrics-listen` endpoint's numbers against what the test did;
+//! streamed in-progress transactions (protocol v2, a server with
+//! `logical_decoding_work_mem = 64kB`): rollbacks and rolled back
+//! savepoints drop exactly their changes, interleaved transactions stay
+//! apart, one killed replicator gets the open transaction again from its
+//! start, one the node already has is skipped, and past
+//! `--stream-buffer-bytes` the replicator goes on with protocol v1.
 //! `FLIGHTLOG_REPLICATE_KILLS=N` lengthens the kill loop (default 4).
 
 mod common;
@@ -1391,4 +1397,82 @@ async fn replicate_figures() {
         updates as f64 / postgres_seconds,
         postgres_seconds / stream_seconds
     );
+}
+
+/// Figures for BENCHMARKS.md (not a test: no assertion on timings). One
+/// transaction of `FLIGHTLOG_REPLICATE_BENCH_BIG_ROWS` (default 500000)
+/// pgbench-style rows, on a server with the default
+/// `logical_decoding_work_mem` (64 MB), replicated once with streaming
+/// (protocol 2) and once without (`--stream-buffer-bytes 0`): the time
+/// from COMMIT returning to the transaction durable in Delta, the bytes
+/// the server spilled to its disk or streamed (`pg_stat_replication_slots`)
+/// and the replicator's peak RSS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test --test replicate streaming_figures -- --ignored --nocapture"]
+async fn streaming_figures() {
+    let rows: u64 = std::env::var("FLIGHTLOG_REPLICATE_BENCH_BIG_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500_000);
+    let variants: [(&str, &[&str]); 2] = [
+        ("protocol 2, streamed", &[]),
+        ("protocol 1", &["--stream-buffer-bytes", "0"]),
+    ];
+    for (label, extra) in variants {
+        let Setup {
+            server,
+            pg,
+            dir,
+            data_dir: _,
+            node,
+        } = Setup::start(
+            &[],
+            "CREATE TABLE accounts (aid int4 PRIMARY KEY, bid int4, abalance int4, filler char(84)); \
+             INSERT INTO accounts VALUES (0, 0, 0, ''); \
+             CREATE PUBLICATION pub FOR TABLE accounts",
+        )
+        .await;
+        let (mut replicator, metrics) =
+            start_with_metrics(&server, &node, "s_fig", dir.path(), extra);
+        wait_metrics(&mut replicator, metrics, "the stream", streaming).await;
+        let started = std::time::Instant::now();
+        let lsn = transaction(
+            &pg,
+            &format!(
+                "INSERT INTO accounts SELECT g, g / 100000, 0, '' FROM generate_series(1, {rows}) g"
+            ),
+        )
+        .await;
+        let postgres_seconds = started.elapsed().as_secs_f64();
+        let committed = std::time::Instant::now();
+        wait_durable(&node, &mut replicator, "s_fig", "public/accounts", lsn).await;
+        let durable_seconds = committed.elapsed().as_secs_f64();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", replicator.child.id()))
+            .unwrap_or_default();
+        let peak = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .unwrap_or("VmHWM: ?")
+            .to_owned();
+        let text = scrape(metrics);
+        // What the walsender wrote to the server's disk (spill) or sent
+        // while the transaction ran (stream), since the slot was made.
+        let slot = pg
+            .query_one(
+                "SELECT spill_bytes, stream_bytes FROM pg_stat_replication_slots \
+                 WHERE slot_name = 's_fig'",
+                &[],
+            )
+            .await
+            .expect("slot statistics");
+        let (spill, stream): (i64, i64) = (slot.get(0), slot.get(1));
+        eprintln!(
+            "{label}: {rows} rows in one transaction; Postgres ran it in {postgres_seconds:.2} s; \
+             COMMIT -> durable in Delta {durable_seconds:.2} s; stream chunks {}; server spill \
+             {} MB, streamed {} MB; replicator {peak}",
+            metric(&text, "flightlog_replicate_stream_chunks_total"),
+            spill >> 20,
+            stream >> 20
+        );
+    }
 }
