@@ -51,9 +51,12 @@ fn start_node(data_dir: &Path, port: u16) -> ServeProcess {
     ServeProcess::start_on(
         data_dir,
         SocketAddr::from(([127, 0, 0, 1], port)),
-        &["--max-lag-ms", "100"],
+        NODE_ARGS,
     )
 }
+
+/// The test node's flags: flushes every 100 ms.
+const NODE_ARGS: &[&str] = &["--max-lag-ms", "100"];
 
 fn node_url(node: &ServeProcess) -> String {
     format!("grpc://{}", node.addr)
@@ -496,9 +499,15 @@ async fn copy_while_writing_then_a_mixed_stream_matches_postgres_row_for_row() {
     // `other` was truncated in Postgres, not in Delta (refused): compare
     // what Delta must hold, the rows before the TRUNCATE plus the insert.
     let (_, delta_other) = both_sides(&pg, &data_dir, "public", "other").await;
-    assert!(delta_other.iter().any(|r| r[1] == "after truncate"));
-    assert!(delta_other.iter().any(|r| r[2] == "multi"));
-    assert!(!delta_other.iter().any(|r| r[0] == "12"));
+    assert!(
+        delta_other.iter().any(|r| r[1] == "after truncate"),
+        "{delta_other:?}"
+    );
+    assert!(
+        delta_other.iter().any(|r| r[2] == "multi"),
+        "{delta_other:?}"
+    );
+    assert!(!delta_other.iter().any(|r| r[0] == "12"), "{delta_other:?}");
 
     // A few values checked against what they must be, not against the
     // replicator's own conversion.
@@ -626,12 +635,18 @@ struct Setup {
 
 impl Setup {
     async fn start(settings: &[&str], schema: &str) -> Setup {
+        Self::start_with(settings, schema, NODE_ARGS).await
+    }
+
+    /// With the node's flags `node_args`.
+    async fn start_with(settings: &[&str], schema: &str, node_args: &[&str]) -> Setup {
         let server = Postgres::start(settings);
         let pg = server.client().await;
         pg.batch_execute(schema).await.expect("schema");
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("node");
-        let node = start_node(&data_dir, free_port());
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let node = ServeProcess::start_on(&data_dir, listen, node_args);
         Setup {
             server,
             pg,
@@ -858,6 +873,13 @@ const STREAMED: &str = "CREATE TABLE big (id int8 PRIMARY KEY, name text, n int4
     INSERT INTO big SELECT g, 'copied', 0 FROM generate_series(1, 100) g;
     CREATE PUBLICATION pub FOR TABLE big";
 
+/// Runs `sql` (which may leave a transaction open).
+async fn run(pg: &tokio_postgres::Client, sql: &str) {
+    pg.batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
 fn big_insert(from: u64, to: u64, name: &str) -> String {
     format!("INSERT INTO big SELECT g, '{name} ' || g, g % 7 FROM generate_series({from}, {to}) g")
 }
@@ -880,12 +902,14 @@ async fn large_transactions_are_streamed_and_aborts_drop_exactly_their_changes()
     // One transaction of 100k rows.
     transaction(&pg, &big_insert(1_001, 101_000, "big")).await;
     // A rolled back one.
-    pg.batch_execute(&format!(
-        "BEGIN; {}; ROLLBACK",
-        big_insert(200_001, 250_000, "rolled back")
-    ))
-    .await
-    .expect("rolled back transaction");
+    run(
+        &pg,
+        &format!(
+            "BEGIN; {}; ROLLBACK",
+            big_insert(200_001, 250_000, "rolled back")
+        ),
+    )
+    .await;
     // A committed one whose savepoint is rolled back (its inserts and its
     // updates of committed rows vanish), with changes before and after.
     transaction(
@@ -903,31 +927,32 @@ async fn large_transactions_are_streamed_and_aborts_drop_exactly_their_changes()
     // Two open at once (their chunks interleave), a small whole one in
     // between; the second commits first.
     let other = server.client().await;
-    pg.batch_execute(&format!("BEGIN; {}", big_insert(600_001, 610_000, "first")))
-        .await
-        .expect("first open");
-    other
-        .batch_execute(&format!(
-            "BEGIN; {}",
-            big_insert(700_001, 710_000, "second")
-        ))
-        .await
-        .expect("second open");
-    pg.batch_execute(&big_insert(610_001, 620_000, "first"))
-        .await
-        .expect("first more");
+    run(
+        &pg,
+        &format!("BEGIN; {}", big_insert(600_001, 610_000, "first")),
+    )
+    .await;
+    run(
+        &other,
+        &format!("BEGIN; {}", big_insert(700_001, 710_000, "second")),
+    )
+    .await;
+    run(&pg, &big_insert(610_001, 620_000, "first")).await;
     transaction(
         &server.client().await,
         "UPDATE big SET name = 'small' WHERE id = 5",
     )
     .await;
-    other
-        .batch_execute("UPDATE big SET n = 2 WHERE id BETWEEN 2001 AND 9000; COMMIT")
-        .await
-        .expect("second commit");
-    pg.batch_execute("DELETE FROM big WHERE id BETWEEN 3001 AND 4000; COMMIT")
-        .await
-        .expect("first commit");
+    run(
+        &other,
+        "UPDATE big SET n = 2 WHERE id BETWEEN 2001 AND 9000; COMMIT",
+    )
+    .await;
+    run(
+        &pg,
+        "DELETE FROM big WHERE id BETWEEN 3001 AND 4000; COMMIT",
+    )
+    .await;
     let last = transaction(&pg, "UPDATE big SET name = 'last' WHERE id = 6").await;
 
     wait_durable(&node, &mut replicator, "s_stream", "public/big", last).await;
@@ -965,12 +990,11 @@ async fn large_transactions_are_streamed_and_aborts_drop_exactly_their_changes()
     // A replicator killed while a streamed transaction is open: Postgres
     // sends it again from its start to the next one.
     let chunks = value("flightlog_replicate_stream_chunks_total");
-    pg.batch_execute(&format!(
-        "BEGIN; {}",
-        big_insert(800_001, 830_000, "across a kill")
-    ))
-    .await
-    .expect("open across a kill");
+    run(
+        &pg,
+        &format!("BEGIN; {}", big_insert(800_001, 830_000, "across a kill")),
+    )
+    .await;
     wait_metrics(
         &mut replicator,
         metrics,
@@ -982,11 +1006,11 @@ async fn large_transactions_are_streamed_and_aborts_drop_exactly_their_changes()
     drop(replicator);
     let (mut replicator, metrics) = start_with_metrics(&server, &node, "s_stream", dir.path(), &[]);
     wait_metrics(&mut replicator, metrics, "the stream again", streaming).await;
-    pg.batch_execute(
+    run(
+        &pg,
         "UPDATE big SET name = 'after the kill' WHERE id BETWEEN 800001 AND 800100; COMMIT",
     )
-    .await
-    .expect("commit across a kill");
+    .await;
     let last = transaction(&pg, "UPDATE big SET name = 'last again' WHERE id = 6").await;
     wait_durable(&node, &mut replicator, "s_stream", "public/big", last).await;
     assert_same(&pg, &data_dir, "public", "big").await;
@@ -1037,19 +1061,21 @@ async fn a_streamed_transaction_past_the_buffer_limit_arrives_without_streaming(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_transaction_the_node_already_has_is_skipped_after_a_restart() {
-    let server = Postgres::start(&["logical_decoding_work_mem=64kB"]);
-    let pg = server.client().await;
-    pg.batch_execute(STREAMED).await.expect("schema");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data_dir = dir.path().join("node");
     // A slow flush: the transaction is in the node's WAL (memory) for
     // seconds before it is durable, so Postgres has not been told and
     // sends it again to the next replicator.
-    let node = ServeProcess::start_on(
-        &data_dir,
-        SocketAddr::from(([127, 0, 0, 1], free_port())),
+    let Setup {
+        server,
+        pg,
+        dir,
+        data_dir,
+        node,
+    } = Setup::start_with(
+        &["logical_decoding_work_mem=64kB"],
+        STREAMED,
         &["--max-lag-ms", "8000"],
-    );
+    )
+    .await;
     let (mut replicator, metrics) = start_with_metrics(&server, &node, "s_skip", dir.path(), &[]);
     wait_metrics(&mut replicator, metrics, "the stream", streaming).await;
     let (copied, _) = node_numbers(&node, "s_skip", "public/big").await;

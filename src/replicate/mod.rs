@@ -936,23 +936,21 @@ impl<'a> Session<'a> {
         message: PgOutput,
         bytes: bytes::Bytes,
     ) -> Result<Option<PgOutput>, ReplicateError> {
-        let outside_transaction = |what: &str| {
+        let out_of_place = |what: &str| {
             ReplicateError::Malformed(format!(
-                "{what} arrived inside a transaction or another stream chunk"
+                "{what} arrived inside a transaction or a stream chunk"
             ))
         };
         match (&message, self.chunk) {
             (PgOutput::StreamStart { xid, first_segment }, None) => {
                 if self.transaction.is_some() {
-                    return Err(outside_transaction("a stream start"));
+                    return Err(out_of_place("a stream start"));
                 }
                 self.streams.start(*xid, *first_segment == 1)?;
                 self.chunk = Some(*xid);
                 self.status().stream_chunks += 1;
             }
-            (PgOutput::StreamStart { .. }, Some(_)) => {
-                return Err(outside_transaction("a stream start"))
-            }
+            (PgOutput::StreamStart { .. }, Some(_)) => return Err(out_of_place("a stream start")),
             (PgOutput::StreamStop, Some(_)) => self.chunk = None,
             (PgOutput::StreamStop, None) => {
                 return Err(ReplicateError::Malformed(
@@ -974,9 +972,7 @@ impl<'a> Session<'a> {
                     status.streamed_subtransactions_aborted += 1;
                 }
             }
-            (PgOutput::StreamAbort { .. }, Some(_)) => {
-                return Err(outside_transaction("a stream abort"))
-            }
+            (PgOutput::StreamAbort { .. }, Some(_)) => return Err(out_of_place("a stream abort")),
             (_, Some(top)) => {
                 let subxid = match &message {
                     PgOutput::Relation(_) => None,
@@ -984,6 +980,9 @@ impl<'a> Session<'a> {
                     | PgOutput::Update { xid, .. }
                     | PgOutput::Delete { xid, .. }
                     | PgOutput::Truncate { xid, .. } => Some(xid.unwrap_or(top)),
+                    PgOutput::Begin { .. } | PgOutput::Commit { .. } | PgOutput::Origin { .. } => {
+                        return Err(out_of_place("a transaction boundary"))
+                    }
                     // Ignored in a transaction too (types, logical messages).
                     _ => return Ok(Some(message)),
                 };
