@@ -953,6 +953,16 @@ async fn large_transactions_are_streamed_and_aborts_drop_exactly_their_changes()
         "DELETE FROM big WHERE id BETWEEN 3001 AND 4000; COMMIT",
     )
     .await;
+    // One that was itself replicated into this server (it carries a
+    // replication origin, which its first chunk names).
+    let replicated = server.client().await;
+    run(
+        &replicated,
+        "SELECT pg_replication_origin_create('upstream'); \
+         SELECT pg_replication_origin_session_setup('upstream')",
+    )
+    .await;
+    transaction(&replicated, &big_insert(900_001, 920_000, "from upstream")).await;
     let last = transaction(&pg, "UPDATE big SET name = 'last' WHERE id = 6").await;
 
     wait_durable(&node, &mut replicator, "s_stream", "public/big", last).await;
@@ -969,9 +979,10 @@ async fn large_transactions_are_streamed_and_aborts_drop_exactly_their_changes()
         value("flightlog_replicate_stream_chunks_total") > 0.0,
         "nothing was streamed:\n{text}"
     );
-    // The 100k, the savepoint one and the two interleaved ones.
+    // The 100k, the savepoint one, the two interleaved ones, the
+    // replicated one.
     assert!(
-        value("flightlog_replicate_streamed_transactions_committed_total") >= 4.0,
+        value("flightlog_replicate_streamed_transactions_committed_total") >= 5.0,
         "{text}"
     );
     assert_eq!(

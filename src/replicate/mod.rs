@@ -980,10 +980,12 @@ impl<'a> Session<'a> {
                     | PgOutput::Update { xid, .. }
                     | PgOutput::Delete { xid, .. }
                     | PgOutput::Truncate { xid, .. } => Some(xid.unwrap_or(top)),
-                    PgOutput::Begin { .. } | PgOutput::Commit { .. } | PgOutput::Origin { .. } => {
+                    PgOutput::Begin { .. } | PgOutput::Commit { .. } => {
                         return Err(out_of_place("a transaction boundary"))
                     }
-                    // Ignored in a transaction too (types, logical messages).
+                    // Ignored in a transaction too (types, logical messages,
+                    // the origin a first chunk names when the transaction
+                    // was itself replicated into this server).
                     _ => return Ok(Some(message)),
                 };
                 self.streams.push(top, Buffered { subxid, bytes })?;
