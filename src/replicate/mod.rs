@@ -807,6 +807,8 @@ impl<'a> Session<'a> {
             memory = ?self.memory,
             durable = ?self.durable,
             confirmed = %format_lsn(self.confirmed),
+            streamed_open = self.streams.open_transactions(),
+            streamed_bytes = self.streams.bytes(),
             "streaming"
         );
         write_status(self.settings, &self.status);
