@@ -9,8 +9,15 @@
 //! Restart rules (the node's sequence numbers for the origin are the only
 //! state; the replicator keeps none of its own):
 //! - Before the copy the replicator closes an empty transaction at
-//!   [`COPY_MARKER`] (sequence 1); the copy is one transaction closed at the
-//!   slot's consistent point. So `memory > 1` means "the copy is complete".
+//!   [`COPY_MARKER`] (sequence 1); the copy is one transaction closed just
+//!   below the slot's consistent point. So `memory > 1` means "the copy is
+//!   complete". Not at the point itself: a transaction whose commit record
+//!   starts exactly there is not in the snapshot and is streamed with that
+//!   LSN as its commit LSN, so a copy closed there would make it look
+//!   already applied.
+//! - Postgres's confirmed position `c` means "commits at `c` or later are
+//!   still to be sent", so the node, which has every commit at or below
+//!   `memory`, misses nothing while `c <= memory + 1`.
 //! - Every session starts by closing an empty transaction at the node's
 //!   `memory` sequence: the node treats it as a resend and discards whatever
 //!   the previous session left open (half a transaction, half a copy).
@@ -522,7 +529,7 @@ impl<'a> Session<'a> {
                 } else {
                     let confirmed = state.confirmed_flush.unwrap_or(0);
                     let memory = session.memory.unwrap_or(0);
-                    if confirmed > memory {
+                    if confirmed.saturating_sub(1) > memory {
                         return Err(slot_error(format!(
                             "starts at {} but the node has this origin only up to {}: streaming \
                              would skip the changes in between (was the slot dropped and made \
@@ -577,7 +584,7 @@ impl<'a> Session<'a> {
     }
 
     /// Creates the slot, copies every carried table in its exported
-    /// snapshot as one transaction closed at the consistent point, and
+    /// snapshot as one transaction closed just below the consistent point, and
     /// returns the replication session, ready to stream from there.
     async fn copy(
         &mut self,
@@ -624,7 +631,16 @@ impl<'a> Session<'a> {
         sql.batch_execute("COMMIT")
             .await
             .map_err(source::pg_error)?;
-        let response = self.node.close(&self.probe_path, consistent_point).await?;
+        // Just below: a commit record that starts at the consistent point
+        // is streamed, not in the snapshot (see the module's restart rules).
+        let copy_sequence = consistent_point.saturating_sub(1);
+        if copy_sequence <= COPY_MARKER {
+            return Err(ReplicateError::Stream(format!(
+                "CREATE_REPLICATION_SLOT answered the consistent point {}",
+                format_lsn(consistent_point)
+            )));
+        }
+        let response = self.node.close(&self.probe_path, copy_sequence).await?;
         self.record_checked(&response)?;
         self.processed = consistent_point;
         client.start().await.map_err(stream_error)?;
