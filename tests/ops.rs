@@ -8,12 +8,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 
 use common::python::{python_with, run_bounded, script, PYARROW};
-use common::{command, put_inserts, wait_durable, InProcessNode, ServeProcess};
+use common::{command, http_get, put_inserts, sample, wait_durable, InProcessNode, ServeProcess};
 
 /// Every metric the issue asks for, by the name Prometheus shows.
 const REQUIRED_METRICS: [&str; 14] = [
@@ -32,38 +31,6 @@ const REQUIRED_METRICS: [&str; 14] = [
     "flightlog_origin_durable_sequence",
     "flightlog_durable_lag_seconds",
 ];
-
-/// One HTTP/1.1 GET; (status, body).
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).expect("connect to the HTTP endpoint");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send the request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("read the response");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The value of the sample `name` (with its labels, exactly) in `text`.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
-        rest.split(' ').next()?.parse().ok()
-    })
-}
 
 // terminate() blocks a thread; the client needs another to close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,8 @@
 //! `GET /healthz` (the process is up) and `GET /readyz` (200 once recovery
 //! is done and puts are served; 503 with a JSON reason otherwise). Served
 //! from before recovery starts, so an orchestrator sees "recovering".
+//! [`serve_metrics`] is the replicator's endpoint (`flightlog replicate
+//! --metrics-listen`): `GET /metrics` only.
 
 use std::sync::{Arc, OnceLock};
 
@@ -73,11 +75,33 @@ pub async fn serve(
         .await
 }
 
+/// Renders a registry's text at each scrape.
+pub type RenderMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Serves `GET /metrics` alone on `listener`, with the text of `render` at
+/// each scrape, until the process ends (or the listener fails).
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    render: RenderMetrics,
+) -> std::io::Result<()> {
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(|State(render): State<RenderMetrics>| async move { metrics_response(render()) }),
+        )
+        .with_state(render);
+    axum::serve(listener, router).await
+}
+
 async fn metrics(State(health): State<Health>) -> Response {
     let body = match health.node.get() {
         Some(node) => super::metrics::render(node),
         None => super::metrics::render_empty(),
     };
+    metrics_response(body)
+}
+
+fn metrics_response(body: String) -> Response {
     ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], body).into_response()
 }
 

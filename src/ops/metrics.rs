@@ -5,7 +5,9 @@
 //! and counters end in `_total`, as Prometheus asks.
 //!
 //! The `/metrics` endpoint and the Flight `metrics` action both render
-//! [`registry`].
+//! [`registry`]. The helpers [`counter`], [`gauge`] and [`family`] also
+//! serve the replicator's own registry (`flightlog replicate
+//! --metrics-listen`, in `replicate::metrics`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -71,16 +73,19 @@ pub fn registry(node: Arc<Node>) -> Registry {
 
 /// The registry of `node` in the OpenMetrics text format.
 pub fn render(node: &Arc<Node>) -> String {
-    let mut text = String::new();
-    // Writing into a String cannot fail.
-    let _ = prometheus_client::encoding::text::encode(&mut text, &registry(node.clone()));
-    text
+    encode(&registry(node.clone()))
 }
 
 /// What is rendered while the node is still recovering.
 pub fn render_empty() -> String {
+    encode(&Registry::default())
+}
+
+/// `registry` in the OpenMetrics text format ([`CONTENT_TYPE`]).
+pub fn encode(registry: &Registry) -> String {
     let mut text = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut text, &Registry::default());
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, registry);
     text
 }
 
@@ -109,12 +114,15 @@ struct OriginLabel {
     origin: String,
 }
 
+/// A `table` label (a node's canonical table name, or a replicated
+/// Postgres table's `schema.table`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TableLabel {
-    table: String,
+pub struct TableLabel {
+    pub table: String,
 }
 
-fn counter(
+/// One unlabelled counter (the encoder appends `_total` to `name`).
+pub fn counter(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -124,7 +132,8 @@ fn counter(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
-fn gauge<V>(
+/// One unlabelled gauge.
+pub fn gauge<V>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -180,7 +189,7 @@ fn memory_budget(
 }
 
 /// One labelled family of whole-number values of one type.
-fn family<L: EncodeLabelSet>(
+pub fn family<L: EncodeLabelSet>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,

@@ -9,8 +9,15 @@
 //! Restart rules (the node's sequence numbers for the origin are the only
 //! state; the replicator keeps none of its own):
 //! - Before the copy the replicator closes an empty transaction at
-//!   [`COPY_MARKER`] (sequence 1); the copy is one transaction closed at the
-//!   slot's consistent point. So `memory > 1` means "the copy is complete".
+//!   [`COPY_MARKER`] (sequence 1); the copy is one transaction closed just
+//!   below the slot's consistent point. So `memory > 1` means "the copy is
+//!   complete". Not at the point itself: a transaction whose commit record
+//!   starts exactly there is not in the snapshot and is streamed with that
+//!   LSN as its commit LSN, so a copy closed there would make it look
+//!   already applied.
+//! - Postgres's confirmed position `c` means "commits at `c` or later are
+//!   still to be sent", so the node, which has every commit at or below
+//!   `memory`, misses nothing while `c <= memory + 1`.
 //! - Every session starts by closing an empty transaction at the node's
 //!   `memory` sequence: the node treats it as a resend and discards whatever
 //!   the previous session left open (half a transaction, half a copy).
@@ -20,16 +27,23 @@
 //!   error, since streaming would skip changes.
 //! - Transactions whose commit LSN is at or below `memory` are already in
 //!   the node and are skipped when Postgres sends them again.
+//! - A streamed transaction (protocol v2, [`stream_buffer`]) is held in
+//!   memory until its stream commit and then sent like a whole one; a new
+//!   session starts with an empty buffer, and Postgres sends a transaction
+//!   that was streamed but not confirmed again from its start.
 
+pub mod metrics;
 pub mod node_client;
 pub mod pgoutput;
 pub mod rows;
 pub mod source;
+pub mod stream_buffer;
 pub mod types;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
@@ -40,6 +54,7 @@ use crate::replicate::node_client::{backoff, NodeClient};
 use crate::replicate::pgoutput::{DecodeError, OldTuple, PgLsn, PgOutput, Relation};
 use crate::replicate::rows::{Change, ColumnInfo, Refusal, TableShape};
 use crate::replicate::source::{format_lsn, quote_ident, PgTarget};
+use crate::replicate::stream_buffer::{Buffered, StreamBuffer};
 use crate::replicate::types::SESSION_OPTIONS;
 
 /// The sequence of the empty transaction sent before an initial copy.
@@ -96,6 +111,10 @@ pub struct ReplicateArgs {
     /// Write the progress numbers as JSON to this file (replaced atomically).
     #[arg(long)]
     pub status_file: Option<PathBuf>,
+    /// Serve the progress numbers as Prometheus metrics (`GET /metrics`)
+    /// on this address, e.g. 127.0.0.1:9465 [default: off].
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Rows per Arrow batch.
     #[arg(long, default_value_t = 8_192)]
     pub batch_rows: usize,
@@ -103,6 +122,12 @@ pub struct ReplicateArgs {
     /// (the transaction stays open there until its commit).
     #[arg(long, default_value_t = 16 << 20)]
     pub put_bytes_max: usize,
+    /// Bytes of streamed in-progress transactions held in memory until
+    /// their commit, all together (pgoutput protocol v2, server 14 or
+    /// newer). Past it the session starts again without streaming, and
+    /// stays so until the replicator restarts; 0 = never stream.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub stream_buffer_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +161,17 @@ pub enum ReplicateError {
     Decode(#[from] DecodeError),
     #[error("slot {slot}: {reason}")]
     Slot { slot: String, reason: String },
+    #[error(
+        "streamed transaction {xid} needs more than --stream-buffer-bytes ({bytes_max}) \
+         held in memory until its commit; continuing without streaming (protocol v1: \
+         Postgres sends a large transaction after its commit)"
+    )]
+    StreamBufferFull { xid: u32, bytes_max: usize },
+    #[error("--metrics-listen {address}: {source}")]
+    MetricsListen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl ReplicateError {
@@ -143,7 +179,10 @@ impl ReplicateError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            ReplicateError::Node(_) | ReplicateError::Stream(_) | ReplicateError::Postgres(_)
+            ReplicateError::Node(_)
+                | ReplicateError::Stream(_)
+                | ReplicateError::Postgres(_)
+                | ReplicateError::StreamBufferFull { .. }
         )
     }
 }
@@ -152,26 +191,77 @@ fn stream_error(error: pgwire_replication::PgWireError) -> ReplicateError {
     ReplicateError::Stream(error.to_string())
 }
 
-/// The progress numbers (log line, status file).
+/// The progress numbers (log line, status file, metrics). Tables are
+/// named `schema.table`; LSNs are written as Postgres prints them.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Status {
+    /// One of [`metrics::PHASES`].
     pub phase: String,
     pub sessions: u64,
     pub copy_rows: BTreeMap<String, u64>,
     pub copy_rows_per_second: BTreeMap<String, f64>,
+    /// Schema and table of each name in `copy_rows` (for metric labels:
+    /// either may contain a dot).
+    #[serde(skip)]
+    pub copy_tables: BTreeMap<String, (String, String)>,
     pub transactions_streamed: u64,
     pub transactions_skipped: u64,
     pub changes_streamed: u64,
+    /// Commit LSN of the last transaction sent to the node.
+    #[serde(serialize_with = "serialize_lsn")]
+    pub last_commit_lsn: Option<u64>,
     pub node_memory_sequence: Option<u64>,
     pub node_durable_sequence: Option<u64>,
-    pub confirmed_lsn: Option<String>,
+    /// The flush position last confirmed to Postgres.
+    #[serde(serialize_with = "serialize_lsn")]
+    pub confirmed_lsn: Option<u64>,
     pub lag_bytes: u64,
     pub lag_seconds: f64,
     /// Tables of the publication that are not carried, and why.
     pub tables_refused: BTreeMap<String, String>,
+    /// Changes of refused tables, not carried, per table.
+    pub refused_changes: BTreeMap<String, u64>,
     /// TRUNCATEs not applied, per table.
     pub truncates_refused: BTreeMap<String, u64>,
+    /// The pgoutput protocol version of the session (0 before the first).
+    pub protocol_version: u32,
+    /// Chunks of streamed in-progress transactions received (stream starts).
+    pub stream_chunks: u64,
+    /// Streamed transactions committed (sent to the node, or skipped).
+    pub streamed_transactions_committed: u64,
+    /// Streamed transactions aborted as a whole (dropped).
+    pub streamed_transactions_aborted: u64,
+    /// Subtransactions of streamed transactions aborted (their changes dropped).
+    pub streamed_subtransactions_aborted: u64,
+    /// Streamed transactions neither committed nor aborted yet.
+    pub stream_open_transactions: u64,
+    /// Bytes those hold (counted against `--stream-buffer-bytes`).
+    pub stream_buffer_bytes: u64,
     pub last_error: Option<String>,
+}
+
+fn serialize_lsn<S: serde::Serializer>(
+    lsn: &Option<u64>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match lsn {
+        Some(lsn) => serializer.serialize_some(&format_lsn(*lsn)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// The [`Status`] of a running replicator, shared with its metrics
+/// endpoint. Locked only for short updates and copies, never across an
+/// await.
+#[derive(Debug, Clone, Default)]
+pub struct SharedStatus(Arc<Mutex<Status>>);
+
+impl SharedStatus {
+    pub fn lock(&self) -> MutexGuard<'_, Status> {
+        // A panic while holding it cannot leave the numbers inconsistent
+        // beyond one stale value.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 struct Settings {
@@ -195,25 +285,35 @@ pub async fn run(args: ReplicateArgs) -> Result<(), ReplicateError> {
         target,
         args,
     };
-    let mut status = Status::default();
+    let status = SharedStatus::default();
+    if let Some(address) = settings.args.metrics_listen {
+        serve_metrics(address, &status).await?;
+    }
     let mut attempt = 0;
+    let mut streaming_allowed = settings.args.stream_buffer_bytes > 0;
     loop {
-        status.sessions += 1;
+        {
+            let mut status = status.lock();
+            status.sessions += 1;
+            status.phase = "connecting".into();
+        }
         let started = Instant::now();
-        let error = match Session::run(&settings, &mut status).await {
+        let error = match Session::run(&settings, status.clone(), streaming_allowed).await {
             Ok(()) => return Ok(()),
             Err(error) => error,
         };
+        status.lock().last_error = Some(error.to_string());
         if !error.is_transient() {
-            status.last_error = Some(error.to_string());
             write_status(&settings, &status);
             return Err(error);
+        }
+        if matches!(error, ReplicateError::StreamBufferFull { .. }) {
+            streaming_allowed = false;
         }
         if started.elapsed() > Duration::from_secs(30) {
             attempt = 0;
         }
         tracing::warn!(%error, "replication session ended; resuming from what the node acknowledged");
-        status.last_error = Some(error.to_string());
         tokio::time::sleep(backoff(attempt)).await;
         attempt += 1;
     }
@@ -234,11 +334,31 @@ fn validate_slot_name(slot: &str) -> Result<(), ReplicateError> {
     }
 }
 
-fn write_status(settings: &Settings, status: &Status) {
+/// Binds `address` and serves the metrics of `status` there (a task of
+/// its own for the life of the process).
+async fn serve_metrics(address: SocketAddr, status: &SharedStatus) -> Result<(), ReplicateError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| ReplicateError::MetricsListen { address, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ReplicateError::MetricsListen { address, source })?;
+    let status = status.clone();
+    let render: crate::ops::http::RenderMetrics = Arc::new(move || metrics::render(&status));
+    tokio::spawn(async move {
+        if let Err(error) = crate::ops::http::serve_metrics(listener, render).await {
+            tracing::error!(%error, address = %bound, "the metrics endpoint stopped");
+        }
+    });
+    tracing::info!(address = %bound, "metrics endpoint GET /metrics");
+    Ok(())
+}
+
+fn write_status(settings: &Settings, status: &SharedStatus) {
     let Some(path) = &settings.args.status_file else {
         return;
     };
-    let Ok(json) = serde_json::to_vec_pretty(status) else {
+    let Ok(json) = serde_json::to_vec_pretty(&*status.lock()) else {
         return;
     };
     let tmp = path.with_extension("tmp");
@@ -265,7 +385,7 @@ struct Part {
 /// One replication session: the node connection, the slot, the stream.
 struct Session<'a> {
     settings: &'a Settings,
-    status: &'a mut Status,
+    status: SharedStatus,
     node: NodeClient,
     /// Any carried table's path, for probes and empty transactions.
     probe_path: String,
@@ -274,16 +394,42 @@ struct Session<'a> {
     confirmed: u64,
     shapes: HashMap<u32, Result<Arc<TableShape>, (String, Refusal)>>,
     transaction: Option<Transaction>,
+    /// Ask for pgoutput v2 with streaming (server 14 or newer, allowed).
+    streaming: bool,
+    /// Streamed transactions not yet committed or aborted.
+    streams: StreamBuffer,
+    /// The top-level xid of the streamed chunk being received.
+    chunk: Option<u32>,
+    /// The server's insert position (lag only: it can be ahead of what
+    /// the walsender has sent).
     server_position: PgLsn,
     last_commit_time_micros: i64,
+    /// How far the stream has been processed: every commit before it has
+    /// been received (a commit's end, a keepalive between transactions).
     processed: PgLsn,
     idle_since: Instant,
 }
 
 impl<'a> Session<'a> {
-    async fn run(settings: &'a Settings, status: &'a mut Status) -> Result<(), ReplicateError> {
+    async fn run(
+        settings: &'a Settings,
+        status: SharedStatus,
+        streaming_allowed: bool,
+    ) -> Result<(), ReplicateError> {
         let sql = settings.target.connect().await?;
         source::check_wal_level(&sql).await?;
+        let server_version = source::server_version(&sql).await?;
+        let streaming = streaming_allowed && server_version >= STREAMING_SERVER_VERSION;
+        if streaming {
+            tracing::info!(
+                server_version,
+                stream_buffer_bytes = settings.args.stream_buffer_bytes,
+                "pgoutput protocol version 2: large in-progress transactions are streamed"
+            );
+        } else {
+            tracing::info!(server_version, streaming_allowed, "pgoutput protocol version 1: a large transaction arrives after its commit (streaming needs server 14 or newer, --stream-buffer-bytes > 0, and no transaction past that limit since the replicator started)");
+        }
+        status.lock().protocol_version = if streaming { 2 } else { 1 };
         let tables = source::publication_tables(&sql, &settings.args.publication).await?;
         let mut carried = Vec::new();
         for table in &tables {
@@ -295,7 +441,7 @@ impl<'a> Session<'a> {
             )? {
                 Ok(shape) => carried.push((table.clone(), Arc::new(shape))),
                 Err(refusal) => refuse_table(
-                    status,
+                    &mut status.lock(),
                     &format!("{}.{}", table.namespace, table.name),
                     &refusal,
                 ),
@@ -305,7 +451,7 @@ impl<'a> Session<'a> {
             return Err(ReplicateError::Usage(format!(
                 "publication {:?} has no table the replicator can carry ({} refused)",
                 settings.args.publication,
-                status.tables_refused.len()
+                status.lock().tables_refused.len()
             )));
         };
         let mut node = NodeClient::connect(&settings.node_url, &settings.origin).await?;
@@ -334,6 +480,9 @@ impl<'a> Session<'a> {
             confirmed: 0,
             shapes: HashMap::new(),
             transaction: None,
+            streaming,
+            streams: StreamBuffer::new(settings.args.stream_buffer_bytes),
+            chunk: None,
             server_position: 0,
             last_commit_time_micros: 0,
             processed: 0,
@@ -380,7 +529,7 @@ impl<'a> Session<'a> {
                 } else {
                     let confirmed = state.confirmed_flush.unwrap_or(0);
                     let memory = session.memory.unwrap_or(0);
-                    if confirmed > memory {
+                    if confirmed.saturating_sub(1) > memory {
                         return Err(slot_error(format!(
                             "starts at {} but the node has this origin only up to {}: streaming \
                              would skip the changes in between (was the slot dropped and made \
@@ -390,7 +539,7 @@ impl<'a> Session<'a> {
                         )));
                     }
                     session.confirmed = confirmed;
-                    session.status.phase = "streaming".into();
+                    session.status().phase = "streaming".into();
                     let client = ReplicationClient::connect(session.replication_config(confirmed))
                         .await
                         .map_err(stream_error)?;
@@ -430,17 +579,19 @@ impl<'a> Session<'a> {
         .with_wakeup_interval(Duration::from_millis(args.status_interval_ms.max(10)))
         .with_options(SESSION_OPTIONS)
         .with_application_name("flightlog-replicate")
+        .with_proto_version(if self.streaming { 2 } else { 1 })
+        .with_streaming(self.streaming)
     }
 
     /// Creates the slot, copies every carried table in its exported
-    /// snapshot as one transaction closed at the consistent point, and
+    /// snapshot as one transaction closed just below the consistent point, and
     /// returns the replication session, ready to stream from there.
     async fn copy(
         &mut self,
         carried: &[(source::CatalogTable, Arc<TableShape>)],
     ) -> Result<ReplicationClient, ReplicateError> {
-        self.status.phase = "copy".into();
-        write_status(self.settings, self.status);
+        self.status().phase = "copy".into();
+        write_status(self.settings, &self.status);
         let mut client = ReplicationClient::connect_gated(self.replication_config(0))
             .await
             .map_err(stream_error)?;
@@ -480,11 +631,20 @@ impl<'a> Session<'a> {
         sql.batch_execute("COMMIT")
             .await
             .map_err(source::pg_error)?;
-        let response = self.node.close(&self.probe_path, consistent_point).await?;
+        // Just below: a commit record that starts at the consistent point
+        // is streamed, not in the snapshot (see the module's restart rules).
+        let copy_sequence = consistent_point.saturating_sub(1);
+        if copy_sequence <= COPY_MARKER {
+            return Err(ReplicateError::Stream(format!(
+                "CREATE_REPLICATION_SLOT answered the consistent point {}",
+                format_lsn(consistent_point)
+            )));
+        }
+        let response = self.node.close(&self.probe_path, copy_sequence).await?;
         self.record_checked(&response)?;
         self.processed = consistent_point;
         client.start().await.map_err(stream_error)?;
-        self.status.phase = "streaming".into();
+        self.status().phase = "streaming".into();
         Ok(client)
     }
 
@@ -540,28 +700,43 @@ impl<'a> Session<'a> {
                 .await?;
             // A node that restarted meanwhile dropped the copy so far.
             self.record_checked(&response)?;
-            let rate = copied as f64 / started.elapsed().as_secs_f64().max(1e-9);
-            self.status.copy_rows.insert(shape.name.clone(), copied);
-            self.status
-                .copy_rows_per_second
-                .insert(shape.name.clone(), rate);
+            let rate = self.copied(table, shape, copied, started);
             if last_log.elapsed() >= self.progress_interval() {
                 last_log = Instant::now();
                 tracing::info!(table = %shape.name, rows = copied, rows_per_second = rate as u64, "copying");
-                write_status(self.settings, self.status);
+                write_status(self.settings, &self.status);
             }
         }
         sql.batch_execute("CLOSE flightlog_copy")
             .await
             .map_err(source::pg_error)?;
-        let rate = copied as f64 / started.elapsed().as_secs_f64().max(1e-9);
-        self.status.copy_rows.insert(shape.name.clone(), copied);
-        self.status
-            .copy_rows_per_second
-            .insert(shape.name.clone(), rate);
+        let rate = self.copied(table, shape, copied, started);
         tracing::info!(table = %shape.name, rows = copied, rows_per_second = rate as u64, "copied");
-        write_status(self.settings, self.status);
+        write_status(self.settings, &self.status);
         Ok(())
+    }
+
+    /// Records the rows of `table` copied so far; returns its rows/s.
+    fn copied(
+        &self,
+        table: &source::CatalogTable,
+        shape: &TableShape,
+        copied: u64,
+        started: Instant,
+    ) -> f64 {
+        let rate = copied as f64 / started.elapsed().as_secs_f64().max(1e-9);
+        let mut status = self.status();
+        status.copy_rows.insert(shape.name.clone(), copied);
+        status.copy_rows_per_second.insert(shape.name.clone(), rate);
+        status.copy_tables.insert(
+            shape.name.clone(),
+            (table.namespace.clone(), table.name.clone()),
+        );
+        rate
+    }
+
+    fn status(&self) -> MutexGuard<'_, Status> {
+        self.status.lock()
     }
 
     fn progress_interval(&self) -> Duration {
@@ -572,8 +747,9 @@ impl<'a> Session<'a> {
     fn record(&mut self, response: &crate::proto::sync::DataSyncResponse) {
         self.memory = response.memory_sequence_number.max(self.memory);
         self.durable = response.durable_sequence_number.max(self.durable);
-        self.status.node_memory_sequence = self.memory;
-        self.status.node_durable_sequence = self.durable;
+        let mut status = self.status();
+        status.node_memory_sequence = self.memory;
+        status.node_durable_sequence = self.durable;
     }
 
     /// Like [`Self::record`] for an answer within the session: `first`
@@ -627,24 +803,31 @@ impl<'a> Session<'a> {
 
     fn progress(&mut self) {
         let now_micros = chrono::Utc::now().timestamp_micros() - PG_EPOCH_MICROS;
-        self.status.lag_bytes = self.server_position.saturating_sub(self.processed);
-        self.status.lag_seconds = if self.status.lag_bytes == 0 || self.last_commit_time_micros == 0
-        {
+        let lag_bytes = self.server_position.saturating_sub(self.processed);
+        let lag_seconds = if lag_bytes == 0 || self.last_commit_time_micros == 0 {
             0.0
         } else {
             (now_micros - self.last_commit_time_micros).max(0) as f64 / 1e6
         };
+        let (transactions, changes) = {
+            let mut status = self.status();
+            status.lag_bytes = lag_bytes;
+            status.lag_seconds = lag_seconds;
+            (status.transactions_streamed, status.changes_streamed)
+        };
         tracing::info!(
-            lag_bytes = self.status.lag_bytes,
-            lag_seconds = self.status.lag_seconds,
-            transactions = self.status.transactions_streamed,
-            changes = self.status.changes_streamed,
+            lag_bytes,
+            lag_seconds,
+            transactions,
+            changes,
             memory = ?self.memory,
             durable = ?self.durable,
             confirmed = %format_lsn(self.confirmed),
+            streamed_open = self.streams.open_transactions(),
+            streamed_bytes = self.streams.bytes(),
             "streaming"
         );
-        write_status(self.settings, self.status);
+        write_status(self.settings, &self.status);
     }
 
     /// Tells Postgres what the node made safe; asks the node while some
@@ -655,22 +838,27 @@ impl<'a> Session<'a> {
             let response = self.node.probe(&self.probe_path).await?;
             self.record_checked(&response)?;
         }
-        let idle = self.transaction.is_none() && self.durable >= self.memory;
+        let idle = self.transaction.is_none()
+            && self.streams.open_transactions() == 0
+            && self.durable >= self.memory;
         if !idle {
             self.idle_since = Instant::now();
         }
         let memory = self.memory.unwrap_or(0);
-        // Everything before the server's position has been received (the
-        // stream is in commit order), so an empty transaction just below it
-        // lets the slot move on without skipping any commit.
+        // Every commit before `processed` has been received (the stream is
+        // in commit order and `processed` only moves with it), so an empty
+        // transaction just below it lets the slot move on without skipping
+        // any commit. Not `server_position`: the server's insert position
+        // can be ahead of what the walsender has decoded and sent, and a
+        // commit in between would then be skipped as already in the node.
         if idle
             && args.idle_confirm_ms > 0
             && self.idle_since.elapsed() >= Duration::from_millis(args.idle_confirm_ms)
-            && self.server_position.saturating_sub(1) > memory
+            && self.processed.saturating_sub(1) > memory
         {
             let response = self
                 .node
-                .close(&self.probe_path, self.server_position - 1)
+                .close(&self.probe_path, self.processed - 1)
                 .await?;
             self.record_checked(&response)?;
             self.idle_since = Instant::now();
@@ -683,7 +871,7 @@ impl<'a> Session<'a> {
         if safe > self.confirmed && safe > COPY_MARKER {
             client.update_applied_lsn(Lsn::from_u64(safe));
             self.confirmed = safe;
-            self.status.confirmed_lsn = Some(format_lsn(safe));
+            self.status().confirmed_lsn = Some(safe);
         }
         Ok(())
     }
@@ -711,8 +899,20 @@ impl<'a> Session<'a> {
             }
             ReplicationEvent::XLogData { data, wal_end, .. } => {
                 self.server_position = self.server_position.max(wal_end.as_u64());
-                let message = pgoutput::decode(&data, false)?;
-                self.message(message).await?;
+                let message = pgoutput::decode(&data, self.chunk.is_some())?;
+                if let PgOutput::StreamCommit {
+                    xid,
+                    commit_lsn,
+                    end_lsn,
+                    commit_time_micros,
+                    ..
+                } = message
+                {
+                    self.stream_commit(xid, commit_lsn).await?;
+                    self.committed(client, end_lsn, commit_time_micros).await?;
+                } else if let Some(message) = self.streamed(message, data)? {
+                    self.message(message).await?;
+                }
             }
             ReplicationEvent::Commit {
                 lsn,
@@ -720,12 +920,8 @@ impl<'a> Session<'a> {
                 commit_time_micros,
             } => {
                 self.commit(lsn.as_u64()).await?;
-                self.processed = self.processed.max(end_lsn.as_u64());
-                self.server_position = self.server_position.max(end_lsn.as_u64());
-                self.last_commit_time_micros = commit_time_micros;
-                if self.settings.args.confirm == Confirm::Memory {
-                    self.confirm(client).await?;
-                }
+                self.committed(client, end_lsn.as_u64(), commit_time_micros)
+                    .await?;
             }
             ReplicationEvent::Message { .. } => {}
             ReplicationEvent::StoppedAt { .. } => {
@@ -733,6 +929,123 @@ impl<'a> Session<'a> {
             }
         }
         Ok(())
+    }
+
+    /// After a transaction's commit was sent to the node (or skipped).
+    async fn committed(
+        &mut self,
+        client: &ReplicationClient,
+        end_lsn: PgLsn,
+        commit_time_micros: i64,
+    ) -> Result<(), ReplicateError> {
+        self.processed = self.processed.max(end_lsn);
+        self.server_position = self.server_position.max(end_lsn);
+        self.last_commit_time_micros = commit_time_micros;
+        if self.settings.args.confirm == Confirm::Memory {
+            self.confirm(client).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the stream messages (protocol v2) and buffers what arrives
+    /// inside a chunk; any other message is given back.
+    fn streamed(
+        &mut self,
+        message: PgOutput,
+        bytes: bytes::Bytes,
+    ) -> Result<Option<PgOutput>, ReplicateError> {
+        let out_of_place = |what: &str| {
+            ReplicateError::Malformed(format!(
+                "{what} arrived inside a transaction or a stream chunk"
+            ))
+        };
+        match (&message, self.chunk) {
+            (PgOutput::StreamStart { xid, first_segment }, None) => {
+                if self.transaction.is_some() {
+                    return Err(out_of_place("a stream start"));
+                }
+                self.streams.start(*xid, *first_segment == 1)?;
+                self.chunk = Some(*xid);
+                self.status().stream_chunks += 1;
+            }
+            (PgOutput::StreamStart { .. }, Some(_)) => return Err(out_of_place("a stream start")),
+            (PgOutput::StreamStop, Some(_)) => self.chunk = None,
+            (PgOutput::StreamStop, None) => {
+                return Err(ReplicateError::Malformed(
+                    "a stream stop arrived outside a stream chunk".into(),
+                ))
+            }
+            (
+                PgOutput::StreamAbort {
+                    xid,
+                    subtransaction_xid,
+                },
+                None,
+            ) => {
+                self.streams.abort(*xid, *subtransaction_xid);
+                let mut status = self.status();
+                if xid == subtransaction_xid {
+                    status.streamed_transactions_aborted += 1;
+                } else {
+                    status.streamed_subtransactions_aborted += 1;
+                }
+            }
+            (PgOutput::StreamAbort { .. }, Some(_)) => return Err(out_of_place("a stream abort")),
+            (_, Some(top)) => {
+                let subxid = match &message {
+                    PgOutput::Relation(_) => None,
+                    PgOutput::Insert { xid, .. }
+                    | PgOutput::Update { xid, .. }
+                    | PgOutput::Delete { xid, .. }
+                    | PgOutput::Truncate { xid, .. } => Some(xid.unwrap_or(top)),
+                    PgOutput::Begin { .. } | PgOutput::Commit { .. } => {
+                        return Err(out_of_place("a transaction boundary"))
+                    }
+                    // Ignored in a transaction too (types, logical messages,
+                    // the origin a first chunk names when the transaction
+                    // was itself replicated into this server).
+                    _ => return Ok(Some(message)),
+                };
+                self.streams.push(top, Buffered { subxid, bytes })?;
+            }
+            (_, None) => return Ok(Some(message)),
+        }
+        let mut status = self.status();
+        status.stream_open_transactions = self.streams.open_transactions() as u64;
+        status.stream_buffer_bytes = self.streams.bytes() as u64;
+        Ok(None)
+    }
+
+    /// A streamed transaction committed: its buffered messages are sent
+    /// as one transaction closed at `commit_lsn`, like a whole one (or
+    /// skipped when the node already has it).
+    async fn stream_commit(&mut self, xid: u32, commit_lsn: PgLsn) -> Result<(), ReplicateError> {
+        if self.transaction.is_some() || self.chunk.is_some() {
+            return Err(ReplicateError::Malformed(
+                "a stream commit arrived inside a transaction or a stream chunk".into(),
+            ));
+        }
+        let messages = self.streams.commit(xid)?;
+        let skip = self.memory.is_some_and(|m| commit_lsn <= m);
+        {
+            let mut status = self.status();
+            status.streamed_transactions_committed += 1;
+            status.stream_open_transactions = self.streams.open_transactions() as u64;
+            status.stream_buffer_bytes = self.streams.bytes() as u64;
+        }
+        self.transaction = Some(Transaction {
+            commit_lsn,
+            skip,
+            parts: Vec::new(),
+            bytes: 0,
+        });
+        if !skip {
+            for buffered in messages {
+                let message = pgoutput::decode(&buffered.bytes, true)?;
+                self.message(message).await?;
+            }
+        }
+        self.commit(commit_lsn).await
     }
 
     async fn message(&mut self, message: PgOutput) -> Result<(), ReplicateError> {
@@ -770,7 +1083,7 @@ impl<'a> Session<'a> {
                         None => format!("relation oid {oid}"),
                     };
                     tracing::error!(table = %name, "TRUNCATE is not replicated: the Delta table keeps its rows (delete them with DELETE, or re-sync the table; see README)");
-                    *self.status.truncates_refused.entry(name).or_default() += 1;
+                    *self.status().truncates_refused.entry(name).or_default() += 1;
                 }
             }
             PgOutput::Begin { .. }
@@ -782,9 +1095,8 @@ impl<'a> Session<'a> {
             | PgOutput::StreamStop
             | PgOutput::StreamCommit { .. }
             | PgOutput::StreamAbort { .. } => {
-                return Err(ReplicateError::Stream(
-                    "a streamed-transaction message arrived, but streaming was not requested"
-                        .into(),
+                return Err(ReplicateError::Malformed(
+                    "a stream message out of place (inside a streamed transaction)".into(),
                 ))
             }
         }
@@ -813,7 +1125,7 @@ impl<'a> Session<'a> {
         let entry = match shape {
             Ok(shape) => Ok(Arc::new(shape)),
             Err(refusal) => {
-                refuse_table(self.status, &name, &refusal);
+                refuse_table(&mut self.status(), &name, &refusal);
                 Err((name, refusal))
             }
         };
@@ -826,7 +1138,15 @@ impl<'a> Session<'a> {
     fn carried(&mut self, oid: u32) -> Result<Option<Arc<TableShape>>, ReplicateError> {
         match self.shapes.get(&oid) {
             Some(Ok(shape)) => Ok(Some(Arc::clone(shape))),
-            Some(Err(_)) => Ok(None),
+            Some(Err((name, _))) => {
+                *self
+                    .status
+                    .lock()
+                    .refused_changes
+                    .entry(name.clone())
+                    .or_default() += 1;
+                Ok(None)
+            }
             None => Err(ReplicateError::Malformed(format!(
                 "a change of relation {oid} arrived before its Relation message"
             ))),
@@ -843,7 +1163,7 @@ impl<'a> Session<'a> {
         if transaction.skip {
             return Ok(());
         }
-        self.status.changes_streamed += 1;
+        self.status.lock().changes_streamed += 1;
         transaction.bytes += change.bytes();
         let index = transaction
             .parts
@@ -924,15 +1244,21 @@ impl<'a> Session<'a> {
             )));
         }
         if transaction.skip {
-            self.status.transactions_skipped += 1;
+            self.status().transactions_skipped += 1;
         } else {
             self.send_parts(Some(commit_lsn)).await?;
-            self.status.transactions_streamed += 1;
+            let mut status = self.status();
+            status.transactions_streamed += 1;
+            status.last_commit_lsn = Some(commit_lsn);
         }
         self.transaction = None;
         Ok(())
     }
 }
+
+/// The first `server_version_num` whose pgoutput streams in-progress
+/// transactions (protocol version 2).
+const STREAMING_SERVER_VERSION: u32 = 140_000;
 
 /// Microseconds from 1970-01-01 to 2000-01-01 (Postgres's epoch).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -944,4 +1270,5 @@ fn refuse_table(status: &mut Status, name: &str, refusal: &Refusal) {
     status
         .tables_refused
         .insert(name.to_string(), refusal.to_string());
+    status.refused_changes.entry(name.to_string()).or_default();
 }

@@ -250,13 +250,24 @@ pub async fn slot_state(client: &Client, slot: &str) -> Result<Option<SlotState>
 }
 
 pub async fn current_lsn(client: &Client) -> Result<PgLsn, ReplicateError> {
-    let rows = text_rows(client, "SELECT pg_current_wal_lsn()::text").await?;
-    let text = rows
-        .into_iter()
+    parse_lsn(&scalar(client, "SELECT pg_current_wal_lsn()::text").await?)
+}
+
+/// The server's `server_version_num` (e.g. 150004 for 15.4).
+pub async fn server_version(client: &Client) -> Result<u32, ReplicateError> {
+    let text = scalar(client, "SHOW server_version_num").await?;
+    text.trim()
+        .parse()
+        .map_err(|_| ReplicateError::Postgres(format!("server_version_num is {text:?}")))
+}
+
+/// The first column of the first row `sql` returns.
+async fn scalar(client: &Client, sql: &str) -> Result<String, ReplicateError> {
+    let rows = text_rows(client, sql).await?;
+    rows.into_iter()
         .next()
         .and_then(|row| row.into_iter().next().flatten())
-        .ok_or_else(|| ReplicateError::Postgres("pg_current_wal_lsn() returned nothing".into()))?;
-    parse_lsn(&text)
+        .ok_or_else(|| ReplicateError::Postgres(format!("{sql} returned nothing")))
 }
 
 /// The server's `wal_level` must be `logical`.
